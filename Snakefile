@@ -1,0 +1,41 @@
+# POD-Attention artifact workflow: build -> sweep shards -> aggregate -> plot, per experiment.
+# `snakemake figure11` builds one experiment (experiments/figure11.yaml); `snakemake` builds all.
+# Modes (config/config.yaml): GPU (default), use_shipped_results=true, smoke=true; see README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# `--config smoke=true` arrives as the string "true": Snakemake parses only True/False as booleans.
+for _key in ("smoke", "use_shipped_results"):
+    if str(config.get(_key)).lower() in ("true", "false"):
+        config[_key] = str(config[_key]).lower() == "true"
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+
+
+# With shipped results the raw CSVs are inputs, not outputs: no rule may offer to rebuild them.
+if not config["use_shipped_results"]:
+
+    include: "workflow/rules/build.smk"
+    include: "workflow/rules/sweep.smk"
+
+
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/plot.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),
+
+
+onstart:
+    require_gpu_if_needed()

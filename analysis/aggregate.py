@@ -1,0 +1,228 @@
+"""Raw long CSVs (one line per (hybrid batch, method)) → a wide table and a per-method summary.
+
+    python -m analysis.aggregate --experiment experiments/figure11.yaml \
+        --raw results/raw/figure11/*.csv \
+        --out-table results/tables/figure11.csv --out-summary results/tables/figure11_summary.csv
+
+Table columns (one row per ``row_key``): the workload and GPU columns, then per method ``ms_<m>``
+(median ms of ``ok`` rows only), ``status_<m>``, ``speedup_<m>`` (baseline / method) and
+``limit_fraction_<m>`` (physical limit / method), plus ``kept`` (the paper's filter),
+``best_peer_ms`` and ``limit_ms``.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.meta import read_meta
+
+# Derived methods: sums of separately timed parts (never timed as one). Adding one is one line.
+DERIVED = {
+    "FA_Serial": ("FA_prefill", "FA_decode"),
+    "FI_Serial": ("FI_prefill_auto", "FI_decode"),
+    "FI_Serial_fa2": ("FI_prefill_fa2", "FI_decode"),
+}
+
+# The paper's filter: each FlashAttention part must be at least a fraction of FA_Serial, so that
+# batches dominated by one phase (where there is nothing to overlap) do not enter the figure.
+FILTER_TOTAL, FILTER_PARTS = "FA_Serial", ("FA_prefill", "FA_decode")
+
+# Fastest existing way to run a hybrid batch, per row.
+BEST_PEERS = ("FA_Serial", "FI_Serial", "FI_POD")
+
+# Peaks by pattern on the gpu_name column (torch.cuda.get_device_name): (HBM bytes/s, dense
+# fp16/bf16 tensor FLOP/s). Patterns are strict so that PCIe variants (other peaks) stay unknown.
+GPU_PEAKS = {
+    r"H100.*(SXM|HBM3)": (3.35e12, 989e12),   # H100 SXM 80GB ("NVIDIA H100 80GB HBM3")
+    r"A100-SXM4-80GB": (2.039e12, 312e12),    # A100 SXM 80GB (the paper's GPU)
+    r"H200": (4.8e12, 989e12),
+}
+
+WORKLOAD_COLUMNS = ["experiment", "model", "q_heads", "kv_heads", "head_dim", "dtype", "prefill_len",
+                    "prefill_kv_len", "chunk_idx", "decode_batch", "decode_ctx", "page_size", "group_key"]
+GPU_COLUMNS = ["gpu_name", "sm_count"]
+
+# Worst first: a derived method takes the worst status of its parts.
+_STATUS_SEVERITY = ("error", "failed_check", "unavailable", "ok")
+
+
+def load_raw(paths) -> pd.DataFrame:
+    """Concatenate raw shard CSVs; a (row_key, method) pair may appear only once across shards."""
+    frames = [pd.read_csv(p) for p in paths]
+    if not frames:
+        raise ValueError("no raw CSV given")
+    raw = pd.concat(frames, ignore_index=True)
+    dup = raw.duplicated(["row_key", "method"], keep=False)
+    if dup.any():
+        first = raw.loc[dup, ["row_key", "method"]].iloc[0].tolist()
+        raise ValueError(f"{int(dup.sum())} duplicate (row_key, method) lines across the raw CSVs, "
+                         f"e.g. {first}: are two sweeps of different shard counts mixed in one folder?")
+    return raw
+
+
+def gpu_peaks(gpu_name) -> tuple[float, float]:
+    """(bytes/s, FLOP/s) of a GPU by its device name; NaNs and a warning when it is not known."""
+    for pattern, peaks in GPU_PEAKS.items():
+        if isinstance(gpu_name, str) and re.search(pattern, gpu_name):
+            return peaks
+    warnings.warn(f"no peak numbers for GPU {gpu_name!r}; its physical limit is NaN "
+                  f"(add it to analysis.aggregate.GPU_PEAKS)", stacklevel=2)
+    return np.nan, np.nan
+
+
+def _int(value) -> int:
+    return 0 if pd.isna(value) else int(value)
+
+
+def physical_limit_ms(batches: pd.DataFrame) -> pd.Series:
+    """Per row: max(bytes moved / HBM bandwidth, FLOPs / tensor peak) in ms, i.e. the time of a
+    perfect overlap of the memory-bound decode and the compute-bound prefill."""
+    # kernels.workload imports torch; importing it here keeps plotting and meta reading torch-free.
+    from kernels.workload import BatchSpec, ModelShape
+
+    gpu_names = batches["gpu_name"].astype(object).fillna("")  # CPU runs leave it empty; NaN keys would not match
+    peaks = {name: gpu_peaks(name) for name in gpu_names.unique()}
+    limits = []
+    for row, gpu_name in zip(batches.itertuples(), gpu_names):
+        model = ModelShape(name=str(row.model), q_heads=_int(row.q_heads), kv_heads=_int(row.kv_heads),
+                           head_dim=_int(row.head_dim))
+        spec = BatchSpec(model=model, dtype=str(row.dtype), prefill_len=_int(row.prefill_len),
+                         prefill_kv_len=_int(row.prefill_kv_len), decode_batch=_int(row.decode_batch),
+                         decode_ctx=_int(row.decode_ctx), page_size=_int(row.page_size))
+        bandwidth, flop_rate = peaks[gpu_name]
+        seconds = max(sum(spec.bytes_moved().values()) / bandwidth, sum(spec.flops().values()) / flop_rate)
+        limits.append(seconds * 1e3)
+    return pd.Series(limits, index=batches.index, dtype=float)
+
+
+def _derived_status(status: pd.DataFrame) -> pd.Series:
+    """Worst status among the parts of each row (NaN where a part was not run at all)."""
+    conditions = [status.eq(s).any(axis=1) for s in _STATUS_SEVERITY[:-1]] + [status.eq("ok").all(axis=1)]
+    return pd.Series(np.select(conditions, _STATUS_SEVERITY, default=None), index=status.index).where(
+        status.notna().all(axis=1))
+
+
+def build_table(raw: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """Wide table: one row per hybrid batch with times, statuses, speedups and the filter flag."""
+    present = [c for c in WORKLOAD_COLUMNS + GPU_COLUMNS if c in raw.columns]
+    batches = raw.groupby("row_key", sort=False)[present].first()
+    # Never use the timings of a method that failed its check or errored on a row.
+    ms = raw[raw["status"] == "ok"].pivot(index="row_key", columns="method", values="median_ms")
+    status = raw.pivot(index="row_key", columns="method", values="status")
+    methods = list(raw["method"].unique())
+    ms = ms.reindex(index=batches.index, columns=methods).astype(float)
+    status = status.reindex(index=batches.index, columns=methods)
+
+    for name, parts in DERIVED.items():
+        if name in methods or not all(p in methods for p in parts):
+            continue
+        ms[name] = ms[list(parts)].sum(axis=1, min_count=len(parts))
+        status[name] = _derived_status(status[list(parts)])
+        methods.append(name)
+
+    baseline = meta["baseline"]
+    if baseline not in methods:
+        raise ValueError(f"baseline {baseline!r} is neither a timed nor a derived method here; "
+                         f"methods: {methods}")
+
+    fraction = meta["min_part_fraction"]
+    if fraction == 0:
+        kept = pd.Series(True, index=batches.index)
+    elif not all(m in methods for m in FILTER_PARTS):
+        warnings.warn(f"the filter needs {FILTER_PARTS}, which this experiment does not time; keeping "
+                      f"every row (set filter: {{min_part_fraction: 0}} in the YAML to say so)", stacklevel=2)
+        kept = pd.Series(True, index=batches.index)
+    else:
+        total = ms[FILTER_TOTAL]
+        kept = ms[FILTER_PARTS[0]].ge(fraction * total) & ms[FILTER_PARTS[1]].ge(fraction * total)
+
+    limit_ms = physical_limit_ms(batches)
+    peers = [m for m in BEST_PEERS if m in methods]
+    columns = {
+        **{f"ms_{m}": ms[m] for m in methods},
+        **{f"status_{m}": status[m] for m in methods},
+        "kept": kept,
+        "best_peer_ms": ms[peers].min(axis=1) if peers else np.nan,
+        "limit_ms": limit_ms,
+        **{f"speedup_{m}": ms[baseline] / ms[m] for m in methods},
+        **{f"limit_fraction_{m}": limit_ms / ms[m] for m in methods},
+    }
+    table = pd.concat([batches, pd.DataFrame(columns, index=batches.index)], axis=1)
+    return table.reset_index()
+
+
+def table_methods(table: pd.DataFrame) -> list[str]:
+    """Methods of a wide table, in column order."""
+    return [c.removeprefix("ms_") for c in table.columns if c.startswith("ms_")]
+
+
+# Methods named <family>_prefill[_variant] or <family>_decode[_variant] time one phase only.
+_PART_NAME = re.compile(r"_(prefill|decode)(_|$)")
+
+
+def method_role(method: str, baseline: str) -> str:
+    """'baseline', 'part' (times one phase only, e.g. FA_prefill) or 'method' (runs the whole batch)."""
+    if method == baseline:
+        return "baseline"
+    if _PART_NAME.search(method):
+        return "part"
+    return "method"
+
+
+def summarize(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """Per method over kept rows: speedup statistics, fraction slower than the baseline, fraction at
+    or below the best peer, median fraction of the physical limit. ``n_failed`` / ``n_error``
+    count rows over the whole table (kept or not), since a failure is never filtered away."""
+    kept = table[table["kept"]]
+    gpu = "; ".join(sorted(map(str, table["gpu_name"].dropna().unique()))) if "gpu_name" in table else ""
+    sms = "; ".join(sorted(map(str, table["sm_count"].dropna().astype(int).unique()))) if "sm_count" in table else ""
+    records = []
+    for m in table_methods(table):
+        speedup = kept[f"speedup_{m}"].dropna()
+        both = kept[[f"ms_{m}", "best_peer_ms"]].dropna()
+        records.append({
+            "method": m,
+            "role": method_role(m, meta["baseline"]),
+            "n": len(speedup),
+            "mean_speedup": speedup.mean(),
+            "median_speedup": speedup.median(),
+            "min_speedup": speedup.min(),
+            "max_speedup": speedup.max(),
+            "frac_slower": (speedup < 1.0).mean() if len(speedup) else np.nan,
+            "frac_at_or_below_best_peer": (both[f"ms_{m}"] <= both["best_peer_ms"]).mean() if len(both) else np.nan,
+            "median_limit_fraction": kept[f"limit_fraction_{m}"].median(),
+            "n_failed": int(table[f"status_{m}"].eq("failed_check").sum()),
+            "n_error": int(table[f"status_{m}"].eq("error").sum()),
+            "gpu_name": gpu,
+            "sm_count": sms,
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def main(argv=None) -> None:
+    """Command line entry point (see the module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", required=True, help="experiment YAML (for baseline and filter)")
+    ap.add_argument("--raw", nargs="+", required=True, help="raw shard CSVs")
+    ap.add_argument("--out-table", required=True, type=Path)
+    ap.add_argument("--out-summary", required=True, type=Path)
+    ap.add_argument("--smoke", action="store_true", help="apply the experiment's smoke overrides")
+    args = ap.parse_args(argv)
+
+    meta = read_meta(args.experiment, smoke=args.smoke)
+    table = build_table(load_raw(args.raw), meta)
+    summary = summarize(table, meta)
+    for path, frame in ((args.out_table, table), (args.out_summary, summary)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+    print(f"{meta['name']}: {len(table)} hybrid batches, {int(table['kept'].sum())} kept; "
+          f"wrote {args.out_table} and {args.out_summary}")
+
+
+if __name__ == "__main__":
+    main()

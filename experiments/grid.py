@@ -1,0 +1,353 @@
+"""Experiment YAML -> validated ``Experiment`` -> ordered list of ``Row``s (hybrid batches).
+
+Rows sharing model, dtype, prefill chunk length, decode batch and context form a *group*: the
+runner allocates one ``HybridBatch`` per group (prefill KV capacity = the group's longest prefill
+KV) and moves through its chunks with ``batch.with_prefill``.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from kernels.workload import BatchSpec, ModelShape, dtype_of
+
+HERE = Path(__file__).resolve().parent
+SCHEMA_PATH = HERE / "schema" / "experiment.schema.yaml"
+MODELS_PATH = HERE / "models.yaml"
+
+TIMING_DEFAULTS = {"warmup": 1, "repeats": 3, "calls": 5, "l2_flush": False, "cuda_graph": False}
+GRID_DEFAULTS = {"chunk_index": "all", "skip_context_below_chunk": True, "page_size": 16}
+MEMORY_FILL_DEFAULTS = {"memory_fraction": 0.9}
+_MERGED_KEYS = ("grid", "timing", "filter")  # smoke merges these field by field; others replace
+
+
+class ExperimentError(ValueError):
+    """Bad experiment input (YAML, schema, model names, shard spec); message names file and field."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    label: str            # the CSV 'method' column
+    method: str           # registered name in kernels.registry
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: str
+    description: str = ""
+    plot: str = "generic"
+    baseline: str = ""
+    dtypes: list = field(default_factory=lambda: ["float16"])
+    models: list = field(default_factory=list)         # ModelShape
+    grid: dict | None = None
+    configs: list = field(default_factory=list)
+    methods: list = field(default_factory=list)        # MethodSpec
+    timing: dict = field(default_factory=lambda: dict(TIMING_DEFAULTS))
+    filter: dict = field(default_factory=dict)
+    smoke: bool = False
+    raw: dict = field(default_factory=dict)            # the (smoke-merged) YAML document
+
+
+@dataclass(frozen=True)
+class Row:
+    """One hybrid batch to run every method on."""
+
+    row_key: str
+    group_key: str
+    chunk_idx: int
+    spec: BatchSpec
+    prefill_kv_cap: int = 0   # prefill KV capacity to allocate for the whole group
+
+    def fields(self) -> dict:
+        """Workload columns of the raw CSV."""
+        s, m = self.spec, self.spec.model
+        return {"row_key": self.row_key, "model": m.name, "q_heads": m.q_heads, "kv_heads": m.kv_heads,
+                "head_dim": m.head_dim, "dtype": s.dtype, "prefill_len": s.prefill_len,
+                "prefill_kv_len": s.prefill_kv_len, "chunk_idx": self.chunk_idx, "decode_batch": s.decode_batch,
+                "decode_ctx": s.decode_ctx, "page_size": s.page_size, "group_key": self.group_key}
+
+
+# ----------------------------------------------------------------------------- models
+
+def _load_yaml(path) -> object:
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ExperimentError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ExperimentError(f"{path}: invalid YAML: {e}") from None
+
+
+def model_catalogue() -> dict:
+    return _load_yaml(MODELS_PATH) or {}
+
+
+def _shape(name, q, kv, d, layers, params_gb, tp, where) -> ModelShape:
+    if q % tp or kv % tp:
+        raise ExperimentError(f"{where}: model {name}: tp={tp} does not divide q_heads={q} and kv_heads={kv}")
+    try:
+        return ModelShape(name=name, q_heads=q // tp, kv_heads=kv // tp, head_dim=d, layers=layers,
+                          params_bytes=float(params_gb) * 1e9, tp=tp)
+    except ValueError as e:
+        raise ExperimentError(f"{where}: {e}") from None
+
+
+def resolve_model(model, where: str = "model") -> ModelShape:
+    """ModelShape from a catalogue name ('llama-3-8b', 'llama-3-8b-tp2') or an inline dict
+    (whole-model heads; ``tp`` divides them and suffixes the name with -tpN)."""
+    if isinstance(model, dict):
+        tp = int(model.get("tp", 1))
+        name = model["name"] + (f"-tp{tp}" if tp > 1 and not model["name"].endswith(f"-tp{tp}") else "")
+        return _shape(name, model["q_heads"], model["kv_heads"], model["head_dim"], model.get("layers", 32),
+                      model.get("params_gb", 0), tp, where)
+    cat = model_catalogue()
+    base, tp = model, 1
+    if model not in cat:
+        m = re.fullmatch(r"(.+)-tp(\d+)", model)
+        if m:
+            base, tp = m.group(1), int(m.group(2))
+    if base not in cat or tp < 1:
+        raise ExperimentError(f"{where}: unknown model {model!r}; known: {', '.join(sorted(cat))} "
+                              f"(optionally with -tpN), or give an inline dict")
+    c = cat[base]
+    return _shape(model, c["q_heads"], c["kv_heads"], c["head_dim"], c.get("layers", 32), c.get("params_gb", 0),
+                  tp, where)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _field_path(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _leaf_errors(err):
+    """The most specific error under a oneOf/anyOf failure (its own message is vague): ignore the
+    branches whose type does not even match, then take the deepest remaining error."""
+    if not err.context:
+        return [err]
+    wrong_branch = {"type", "const", "enum"}
+    fitting = [e for e in err.context if not (e.validator in wrong_branch and not e.relative_path)]
+    if fitting:
+        best = max(fitting, key=lambda e: len(e.relative_path))
+    else:
+        best = jsonschema.exceptions.best_match(err.context)
+    return _leaf_errors(best) if best is not None else [err]
+
+
+def _validate(doc, path, schema):
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        msgs = []
+        for e in errors:
+            for leaf in _leaf_errors(e):
+                msg = f"{path}: {_field_path(leaf.absolute_path)}: {leaf.message}"
+                if msg not in msgs:
+                    msgs.append(msg)
+        raise ExperimentError("\n".join(msgs))
+
+
+def _merge_smoke(doc: dict) -> dict:
+    out = {k: v for k, v in doc.items() if k != "smoke"}
+    for k, v in (doc.get("smoke") or {}).items():
+        if k in _MERGED_KEYS and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_experiment(path, smoke: bool = False) -> Experiment:
+    """Read and validate an experiment YAML (with its ``smoke`` overrides when ``smoke``)."""
+    path = str(path)
+    doc = _load_yaml(path)
+    if not isinstance(doc, dict):
+        raise ExperimentError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
+    schema = _load_yaml(SCHEMA_PATH)
+    _validate(doc, path, schema)
+    if smoke:
+        doc = _merge_smoke(doc)
+        _validate(doc, f"{path} (with smoke overrides)", schema)
+    else:
+        doc = {k: v for k, v in doc.items() if k != "smoke"}
+
+    dt = doc.get("dtype", "float16")
+    dtypes = [dt] if isinstance(dt, str) else list(dt)
+    models = [resolve_model(m, f"{path}: models[{i}]") for i, m in enumerate(doc.get("models", []))]
+    if "grid" in doc and not models:
+        raise ExperimentError(f"{path}: models: a grid needs at least one model")
+    methods, labels = [], set()
+    for i, m in enumerate(doc["methods"]):
+        ms = MethodSpec(m, m, {}) if isinstance(m, str) else MethodSpec(m.get("name", m["method"]), m["method"],
+                                                                       dict(m.get("options") or {}))
+        if ms.label in labels:
+            raise ExperimentError(f"{path}: methods[{i}]: duplicate method label {ms.label!r}")
+        labels.add(ms.label)
+        methods.append(ms)
+    grid = None
+    if "grid" in doc:
+        grid = {**GRID_DEFAULTS, **doc["grid"]}
+        if isinstance(grid["decode_batch"], dict):
+            grid["decode_batch"] = {"memory_fill": {**MEMORY_FILL_DEFAULTS, **grid["decode_batch"]["memory_fill"]}}
+    return Experiment(name=doc["name"], path=path, description=doc.get("description", ""),
+                      plot=doc.get("plot", "generic"), baseline=doc.get("baseline", ""), dtypes=dtypes,
+                      models=models, grid=grid, configs=list(doc.get("configs", [])), methods=methods,
+                      timing={**TIMING_DEFAULTS, **doc.get("timing", {})}, filter=dict(doc.get("filter", {})),
+                      smoke=smoke, raw=doc)
+
+
+# ----------------------------------------------------------------------------- expansion
+
+def dtype_bytes(dtype: str) -> int:
+    import torch
+    return torch.empty((), dtype=dtype_of(dtype)).element_size()
+
+
+def memory_fill_batches(model: ModelShape, dtype: str, context: int, fractions, memory_fraction: float,
+                        gpu_memory_bytes: float) -> list:
+    """Decode batch sizes [int(f * m) for f in fractions] where m requests of ``context`` tokens fill
+    ``memory_fraction`` of the GPU memory left by this GPU's share of the weights (KV of all layers).
+    Duplicates and zeros are dropped (tiny m)."""
+    per_request = model.kv_heads * model.head_dim * 2 * dtype_bytes(dtype) * model.layers * context
+    m = int(memory_fraction * (gpu_memory_bytes - model.params_bytes / model.tp) // per_request)
+    out = []
+    for f in fractions:
+        b = m if f == 1 else int(f * m)
+        if b > 0 and b not in out:
+            out.append(b)
+    return out
+
+
+def device_memory_bytes() -> float | None:
+    """Total memory of the visible CUDA device 0, or None without CUDA."""
+    import torch
+    if torch.cuda.is_available():
+        return float(torch.cuda.get_device_properties(0).total_memory)
+    return None
+
+
+def row_key(spec: BatchSpec) -> str:
+    return (f"{spec.model.name}|{spec.dtype}|p{spec.prefill_len}@{spec.prefill_kv_len}"
+            f"|d{spec.decode_batch}x{spec.decode_ctx}|ps{spec.page_size}")
+
+
+def group_key(spec: BatchSpec) -> str:
+    return (f"{spec.model.name}|{spec.dtype}|p{spec.prefill_len}"
+            f"|d{spec.decode_batch}x{spec.decode_ctx}|ps{spec.page_size}")
+
+
+def _grid_specs(exp: Experiment, gpu_memory_bytes):
+    g = exp.grid
+    fill = g["decode_batch"].get("memory_fill") if isinstance(g["decode_batch"], dict) else None
+    mem = None
+    if fill is not None:
+        mem = gpu_memory_bytes
+        if mem is None and fill.get("gpu_memory_gb") is not None:
+            mem = fill["gpu_memory_gb"] * 1e9
+        if mem is None:
+            mem = device_memory_bytes()
+        if mem is None:
+            raise ExperimentError(f"{exp.path}: grid.decode_batch.memory_fill needs the GPU memory size: no CUDA "
+                                  f"device here; pass --gpu-memory-gb (e.g. 80) or set memory_fill.gpu_memory_gb")
+    for model in exp.models:
+        for dtype in exp.dtypes:
+            for chunk in g["chunk_size"]:
+                for ctx in g["context_len"]:
+                    cs = ctx if chunk == "full" else chunk
+                    if ctx < cs:
+                        if g["skip_context_below_chunk"]:
+                            continue
+                        cs = ctx  # one chunk holding the whole (short) context
+                    if fill is not None:
+                        batches = memory_fill_batches(model, dtype, ctx, fill["fractions"], fill["memory_fraction"],
+                                                      mem)
+                        if not batches:
+                            raise ExperimentError(f"{exp.path}: model {model.name} ({dtype}) leaves no memory for "
+                                                  f"decodes of context {ctx} with {mem / 1e9:.1f} GB")
+                    else:
+                        batches = list(dict.fromkeys(g["decode_batch"]))
+                    n = ctx // cs
+                    idx = range(n) if g["chunk_index"] == "all" else \
+                        [i + n if i < 0 else i for i in g["chunk_index"] if -n <= i < n]
+                    for bs in batches:
+                        for ci in idx:
+                            yield ci, BatchSpec(model=model, dtype=dtype, prefill_len=cs, prefill_kv_len=(ci + 1) * cs,
+                                                decode_batch=bs, decode_ctx=ctx, page_size=g["page_size"])
+
+
+def _config_specs(exp: Experiment):
+    for i, c in enumerate(exp.configs):
+        where = f"{exp.path}: configs[{i}]"
+        models = [resolve_model(c["model"], where)] if "model" in c else exp.models
+        if not models:
+            raise ExperimentError(f"{where}: no model (set configs[{i}].model or models)")
+        dts = exp.dtypes if "dtype" not in c else ([c["dtype"]] if isinstance(c["dtype"], str) else c["dtype"])
+        lq = c["prefill_len"]
+        kv = c.get("prefill_kv_len", lq)
+        ci = c.get("chunk_idx", (kv - 1) // lq if lq else 0)
+        for model in models:
+            for dtype in dts:
+                try:
+                    spec = BatchSpec(model=model, dtype=dtype, prefill_len=lq, prefill_kv_len=kv if lq else 0,
+                                     decode_batch=c["decode_batch"], decode_ctx=c.get("decode_ctx", 0),
+                                     page_size=c.get("page_size", 16))
+                except ValueError as e:
+                    raise ExperimentError(f"{where}: {e}") from None
+                yield ci, spec
+
+
+def expand(exp: Experiment, gpu_memory_bytes: float | None = None) -> list:
+    """All rows of the experiment (grid first, then configs), group-contiguous, deterministic order.
+    ``gpu_memory_bytes`` sizes memory-filling decode batches (default: YAML pin, else the CUDA device)."""
+    items = []
+    if exp.grid is not None:
+        items += list(_grid_specs(exp, gpu_memory_bytes))
+    items += list(_config_specs(exp))
+    by_group: dict = {}
+    for ci, spec in items:
+        by_group.setdefault(group_key(spec), []).append((ci, spec))
+    rows, seen = [], set()
+    for gk, members in by_group.items():
+        cap = max(s.prefill_kv_len for _, s in members)
+        for ci, spec in members:
+            rk = row_key(spec)
+            if rk in seen:
+                raise ExperimentError(f"{exp.path}: hybrid batch {rk} appears twice")
+            seen.add(rk)
+            rows.append(Row(rk, gk, ci, spec, cap))
+    return rows
+
+
+def groups(rows) -> list:
+    """[(group_key, [rows])] in order of first appearance."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r.group_key, []).append(r)
+    return list(out.items())
+
+
+def parse_shard(text: str) -> tuple:
+    """'I/N' (0 <= I < N) -> (I, N)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not int(m.group(2)) or int(m.group(1)) >= int(m.group(2)):
+        raise ExperimentError(f"bad shard {text!r}: use I/N with 0 <= I < N, e.g. 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard(rows, i: int, n: int) -> list:
+    """Rows of shard i of n: whole groups, dealt round-robin in order (disjoint and complete)."""
+    if n < 1 or not 0 <= i < n:
+        raise ExperimentError(f"bad shard {i}/{n}: use 0 <= I < N")
+    keys = {gk: j for j, (gk, _) in enumerate(groups(rows))}
+    return [r for r in rows if keys[r.group_key] % n == i]

@@ -1,0 +1,1 @@
+"""Figures from aggregated tables: figures/plot.py dispatches to figures/<plot>.py (the YAML's ``plot:``)."""

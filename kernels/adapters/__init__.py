@@ -1,0 +1,1 @@
+"""Method adapters: one small module per method family; each registers itself (see kernels/registry.py)."""

@@ -1,0 +1,105 @@
+"""Our Triton kernel family as methods: the parts alone, serial, two streams, CTA-parallel, POD.
+
+All six run the same prefill and decode device functions (kernels/pod/kernel.py); they differ only
+in how CTAs find their work. Options from the YAML are PodConfig fields (kernels/pod/plan.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, interpreting, num_sms,
+                                prepare_launch, prepare_serial)
+from kernels.pod.plan import PodConfig, make_plan
+from kernels.registry import Method, register
+
+
+class _TritonPod(Method):
+    devices = ("cuda", "cpu")
+    build_group = "triton-pod"
+    mode: int = MODE_POD   # how one fused launch finds its work (ignored when ``serial``)
+    serial = False         # two launches: prefill alone, then decode alone
+    streams = False        # with ``serial``: the two launches on two CUDA streams
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.config = PodConfig(**options)
+        self.last_plan: dict = {}
+
+    def unavailable_reason(self, device):
+        reason = super().unavailable_reason(device)
+        if reason:
+            return reason
+        if device.type == "cpu" and not interpreting():
+            return "on the CPU our Triton kernels need the interpreter: set TRITON_INTERPRET=1 before importing triton"
+        return None
+
+    def _plan(self, batch, mode, kind=None):
+        return make_plan(batch.spec, mode, num_sms(batch.device), self.config, kind)
+
+    def prepare(self, batch):
+        paged = self.config.kv_layout == "paged"
+        if not self.serial:
+            plan = self._plan(batch, self.mode)
+            self.last_plan = plan.as_dict()
+            return prepare_launch(batch, plan, paged)
+        plan_p, plan_d = self._plan(batch, MODE_PREFILL), self._plan(batch, MODE_DECODE)
+        self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict()}
+        return prepare_serial(batch, plan_p, plan_d, paged, streams=self.streams)
+
+    def info(self):
+        """impl names the plan of the last prepared batch, e.g. 'triton cps2 split 1/1 V2 ratio 1:1'."""
+        p = self.last_plan
+        if not p or "mode" not in p:
+            return {"impl": "triton", "plan": p}
+        t = p["tiles"]
+        impl = (f"triton cps{p['ctas_per_sm']} tiles {t['block_m']}x{t['block_n']}/{t['decode_rows']}x{t['decode_n']} "
+                f"split {p['n_splits_p']}/{p['n_splits_d']} V{t['virtual']} ratio {p['prefill_ratio']}:{p['decode_ratio']}")
+        return {"impl": impl, "plan": p}
+
+
+@register
+class OursPrefill(_TritonPod):
+    """Our prefill tile alone (its best standalone tiles)."""
+    name, parts, mode = "OURS_prefill", ("prefill",), MODE_PREFILL
+
+
+@register
+class OursDecode(_TritonPod):
+    """Our decode tile alone."""
+    name, parts, mode = "OURS_decode", ("decode",), MODE_DECODE
+
+
+@register
+class OursSerial(_TritonPod):
+    """Our prefill then our decode: two launches on one stream."""
+    name, serial = "OURS_Serial", True
+
+
+@register
+class OursStreams(_TritonPod):
+    """Our prefill and decode launches on two CUDA streams."""
+    name, serial, streams, devices = "OURS_Streams", True, True, ("cuda",)
+
+
+@register
+class OursCTA(_TritonPod):
+    """One launch, CTAs split by block index (no SM awareness)."""
+    name, mode = "OURS_CTA", MODE_CTA
+
+
+@register
+class POD(_TritonPod):
+    """One launch, SM-aware CTA scheduling (the paper's POD-Attention)."""
+    name, mode = "POD", MODE_POD
+
+
+def smid_trace(batch, config: PodConfig | None = None, smid_table: torch.Tensor | None = None):
+    """Run POD once recording, for every physical CTA, (operation, logical CTA id, SM slot).
+    Used by tests to check that every logical CTA runs exactly once under any SM mapping."""
+    plan = make_plan(batch.spec, MODE_POD, num_sms(batch.device), config)
+    n = plan.n_prefill_ctas + plan.n_decode_ctas
+    trace = torch.full((n, 3), -1, dtype=torch.int32, device=batch.device)
+    run = prepare_launch(batch, plan, (config or PodConfig()).kv_layout == "paged", smid_table=smid_table,
+                         trace=trace)
+    out = run()
+    return plan, trace, out, run

@@ -1,0 +1,323 @@
+"""Triton device code of our POD-Attention kernel family.
+
+One prefill tile function and one decode tile function; ``pod_kernel`` runs them in four ways
+(MODE): prefill only, decode only, CTA-parallel (block index decides), and SM-aware POD (each CTA
+reads its SM id, takes a ticket from that SM's counter and binds itself to prefill or decode at
+run time, as in the paper's Figure 9). Split-KV partials are merged by ``merge_kernel``.
+
+Softmax runs in base 2 (scores pre-multiplied by log2(e)); partial LSEs are kept in base 2.
+"""
+import triton
+import triton.language as tl
+
+MODE_PREFILL, MODE_DECODE, MODE_CTA, MODE_POD = 0, 1, 2, 3
+
+
+@triton.jit
+def _dot(a, b, F32_DOT: tl.constexpr):
+    # the CPU interpreter multiplies bfloat16 operands wrongly (raw bits): upcast there
+    if F32_DOT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _kv_rows(pos, page_row_ptr, page_size, s_page, s_tok, PAGED: tl.constexpr):
+    """Element offsets of KV rows at token positions ``pos`` (any shape). Paged: ``page_row_ptr``
+    points at the request's block-table row; dense: it is unused and ``s_page`` is the request
+    offset already folded into the base pointer."""
+    if PAGED:
+        page = tl.load(page_row_ptr + pos // page_size)
+        return page.to(tl.int64) * s_page + (pos % page_size).to(tl.int64) * s_tok
+    else:
+        # one request's KV stays below 2**31 elements; the request base is 64-bit in the caller
+        return pos * s_tok
+
+
+@triton.jit
+def _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, bt_row, page_size, Lq, Lk,
+                   s_kp, s_kt, s_vp, s_vt, qk_scale,
+                   D: tl.constexpr, BN: tl.constexpr, PAGED: tl.constexpr, MASK: tl.constexpr,
+                   CAUSAL: tl.constexpr, F32_DOT: tl.constexpr):
+    offs_n = nb * BN + tl.arange(0, BN)
+    offs_d = tl.arange(0, D)
+    n_ok = offs_n < Lk
+    if MASK:
+        pos = tl.where(n_ok, offs_n, 0)
+    else:
+        pos = offs_n
+    rows_k = _kv_rows(pos, bt_row, page_size, s_kp, s_kt, PAGED)
+    rows_v = _kv_rows(pos, bt_row, page_size, s_vp, s_vt, PAGED)
+    if MASK:
+        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None], mask=n_ok[None, :], other=0.0)
+    else:
+        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None])
+    s = _dot(q, kT, F32_DOT) * qk_scale
+    if MASK:
+        ok = n_ok[None, :]
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= (Lk - Lq + offs_m)[:, None])
+        s = tl.where(ok, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASK:
+        # a row may see no key in this block: keep exp2 away from (-inf) - (-inf)
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASK:
+        v = tl.load(v_base + rows_v[:, None] + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+    else:
+        v = tl.load(v_base + rows_v[:, None] + offs_d[None, :])
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, F32_DOT)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _prefill_tile(tile, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr,
+                  Lq, Lk, H, GROUP, n_mblocks, n_splits, page_size,
+                  s_qt, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ot, s_oh, qk_scale,
+                  D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, PAGED: tl.constexpr,
+                  CAUSAL: tl.constexpr, F32_DOT: tl.constexpr):
+    """One prefill logical CTA: BM query rows of one head over one KV split."""
+    split = tile % n_splits
+    t = tile // n_splits
+    h = t % H
+    mb = n_mblocks - 1 - t // H  # longest causal rows first: better tail behaviour
+    kvh = h // GROUP
+    offs_m = mb * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    m_ok = offs_m < Lq
+    q = tl.load(q_ptr + offs_m[:, None].to(tl.int64) * s_qt + h * s_qh + offs_d[None, :],
+                mask=m_ok[:, None], other=0.0)
+    if CAUSAL:
+        kv_end = tl.minimum(Lk, Lk - Lq + (mb + 1) * BM)
+        full_end = tl.minimum(Lk - Lq + mb * BM + 1, Lk)
+    else:
+        kv_end = Lk
+        full_end = Lk
+    n_blocks = tl.cdiv(kv_end, BN)
+    per_split = tl.cdiv(n_blocks, n_splits)
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, n_blocks)
+    full_blocks = full_end // BN
+    k_base = k_ptr + kvh * s_kh
+    v_base = v_ptr + kvh * s_vh
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, D], tl.float32)
+    for nb in tl.range(lo, tl.minimum(hi, full_blocks)):
+        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, bt_ptr, page_size,
+                                       Lq, Lk, s_kp, s_kt, s_vp, s_vt, qk_scale, D, BN, PAGED, False, CAUSAL, F32_DOT)
+    for nb in tl.range(tl.maximum(lo, full_blocks), hi):
+        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, bt_ptr, page_size,
+                                       Lq, Lk, s_kp, s_kt, s_vp, s_vt, qk_scale, D, BN, PAGED, True, CAUSAL, F32_DOT)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    if n_splits == 1:
+        tl.store(o_ptr + offs_m[:, None].to(tl.int64) * s_ot + h * s_oh + offs_d[None, :],
+                 o.to(o_ptr.dtype.element_ty), mask=m_ok[:, None])
+    else:
+        row = (split * Lq + offs_m).to(tl.int64) * H + h
+        tl.store(po_ptr + row[:, None] * D + offs_d[None, :], o, mask=m_ok[:, None])
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+        tl.store(plse_ptr + row, lse, mask=m_ok)
+
+
+@triton.jit
+def _decode_item(item, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr, seqlens_ptr,
+                 B, H, GROUP, HKV, n_hblocks, n_splits, page_size, bt_stride,
+                 s_qb, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ob, s_oh, qk_scale,
+                 D: tl.constexpr, BH: tl.constexpr, BN: tl.constexpr, PAGED: tl.constexpr,
+                 F32_DOT: tl.constexpr):
+    """One decode work item: query heads [hb*BH, hb*BH+BH) of one KV group of one request, over
+    one KV split. The group's heads are the rows of the tile, so K/V are read once per group."""
+    split = item % n_splits
+    t = item // n_splits
+    hb = t % n_hblocks
+    t = t // n_hblocks
+    kvh = t % HKV
+    b = t // HKV
+    L = tl.load(seqlens_ptr + b)
+    n_blocks = tl.cdiv(L, BN)
+    per_split = tl.cdiv(n_blocks, n_splits)
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, n_blocks)
+    end = tl.minimum(hi * BN, L)
+
+    offs_d = tl.arange(0, D)
+    hg = hb * BH + tl.arange(0, BH)
+    h_ok = hg < GROUP
+    h = kvh * GROUP + tl.where(h_ok, hg, 0)
+    q = tl.load(q_ptr + b.to(tl.int64) * s_qb + h[:, None] * s_qh + offs_d[None, :], mask=h_ok[:, None], other=0.0)
+    if PAGED:
+        bt_row = bt_ptr + b.to(tl.int64) * bt_stride
+        k_base = k_ptr + kvh * s_kh
+        v_base = v_ptr + kvh * s_vh
+    else:
+        k_base = k_ptr + b.to(tl.int64) * s_kp + kvh * s_kh
+        v_base = v_ptr + b.to(tl.int64) * s_vp + kvh * s_vh
+    m_i = tl.full([BH], float("-inf"), tl.float32)
+    l_i = tl.zeros([BH], tl.float32)
+    acc = tl.zeros([BH, D], tl.float32)
+    for nb in tl.range(lo, hi):
+        offs_n = nb * BN + tl.arange(0, BN)
+        n_ok = offs_n < end
+        pos = tl.where(n_ok, offs_n, 0)
+        if PAGED:
+            page = tl.load(bt_row + pos // page_size).to(tl.int64)
+            slot = (pos % page_size).to(tl.int64)
+            rows_k = page * s_kp + slot * s_kt
+            rows_v = page * s_vp + slot * s_vt
+        else:
+            rows_k = pos * s_kt
+            rows_v = pos * s_vt
+        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None], mask=n_ok[None, :], other=0.0)
+        s = _dot(q, kT, F32_DOT) * qk_scale
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + rows_v[:, None] + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, F32_DOT)
+        m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    if n_splits == 1:
+        tl.store(o_ptr + b.to(tl.int64) * s_ob + h[:, None] * s_oh + offs_d[None, :],
+                 o.to(o_ptr.dtype.element_ty), mask=h_ok[:, None])
+    else:
+        row = (split * B + b).to(tl.int64) * H + h
+        tl.store(po_ptr + row[:, None] * D + offs_d[None, :], o, mask=h_ok[:, None])
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+        tl.store(plse_ptr + row, lse, mask=h_ok)
+
+
+@triton.jit
+def _decode_tile(cta, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr, seqlens_ptr,
+                 B, H, GROUP, HKV, n_hblocks, n_splits, n_items, page_size, bt_stride,
+                 s_qb, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ob, s_oh, qk_scale,
+                 D: tl.constexpr, BH: tl.constexpr, BN: tl.constexpr, V: tl.constexpr,
+                 PAGED: tl.constexpr, F32_DOT: tl.constexpr):
+    """One decode CTA holding V virtual CTAs (work items). A Triton CTA cannot hand its warps
+    different items, so the items run back to back; a 3-D batched tile would run them side by
+    side but doubles the registers (measured: 188 vs 72 at 16x32x128), which costs co-residence."""
+    for j in tl.static_range(V):
+        item = cta * V + j
+        if item < n_items:
+            _decode_item(item, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr, seqlens_ptr,
+                         B, H, GROUP, HKV, n_hblocks, n_splits, page_size, bt_stride,
+                         s_qb, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ob, s_oh, qk_scale,
+                         D, BH, BN, PAGED, F32_DOT)
+
+
+@triton.jit
+def _sm_id(pid, smid_table, USE_SMID_TABLE: tl.constexpr, INTERPRET: tl.constexpr, SM_SLOTS: tl.constexpr):
+    if USE_SMID_TABLE:
+        sm = tl.load(smid_table + pid)
+    elif INTERPRET:
+        # the interpreter has no inline asm; CTAs run one after another on "SM" pid % SM_SLOTS
+        sm = pid % SM_SLOTS
+    else:
+        sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32, is_pure=True, pack=1)
+    # %smid may exceed the SM count on some parts; folding ids only coarsens the policy
+    return sm % SM_SLOTS
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk", "n_mblocks", "B", "n_hblocks", "n_items", "btd_stride",
+                             "n_prefill_ctas", "n_decode_ctas", "prefill_ratio", "decode_ratio"])
+def pod_kernel(
+    # prefill
+    qp_ptr, kp_ptr, vp_ptr, op_ptr, pop_ptr, plsep_ptr, btp_ptr,
+    Lq, Lk, H, GROUP, n_mblocks, n_splits_p, page_size_p,
+    s_qpt, s_qph, s_kpp, s_kpt, s_kph, s_vpp, s_vpt, s_vph, s_opt, s_oph,
+    # decode
+    qd_ptr, kd_ptr, vd_ptr, od_ptr, pod_ptr, plsed_ptr, btd_ptr, seqlens_ptr,
+    B, HKV, n_hblocks, n_splits_d, n_items, page_size_d, btd_stride,
+    s_qdb, s_qdh, s_kdp, s_kdt, s_kdh, s_vdp, s_vdt, s_vdh, s_odb, s_odh,
+    # scheduling
+    qk_scale, n_prefill_ctas, n_decode_ctas, prefill_ratio, decode_ratio,
+    sched_ptr, smid_table, trace_ptr,
+    MODE: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, PAGED_P: tl.constexpr,
+    BH: tl.constexpr, BN_D: tl.constexpr, V: tl.constexpr, PAGED_D: tl.constexpr,
+    SM_SLOTS: tl.constexpr, USE_SMID_TABLE: tl.constexpr, INTERPRET: tl.constexpr, TRACE: tl.constexpr,
+):
+    """Prefill and/or decode attention of a hybrid batch; MODE picks how CTAs find their work.
+
+    ``sched_ptr`` (int32, SM_SLOTS + 3): per-SM tickets, then the prefill and decode CTA counters,
+    then a done counter; the last CTA to finish zeroes it so the next launch needs no memset."""
+    pid = tl.program_id(0)
+    if MODE == 0:
+        op = 0
+        cta = pid
+    elif MODE == 1:
+        op = 1
+        cta = pid
+    elif MODE == 2:
+        op = (pid >= n_prefill_ctas).to(tl.int32)
+        cta = tl.where(op == 0, pid, pid - n_prefill_ctas)
+    else:
+        sm = _sm_id(pid, smid_table, USE_SMID_TABLE, INTERPRET, SM_SLOTS)
+        ticket = tl.atomic_add(sched_ptr + sm, 1) % (prefill_ratio + decode_ratio)
+        op = (ticket >= prefill_ratio).to(tl.int32)
+        cta = tl.atomic_add(sched_ptr + SM_SLOTS + op, 1)
+        if cta >= tl.where(op == 0, n_prefill_ctas, n_decode_ctas):
+            # this operation has no work left: take the other one (always has some, see plan.py)
+            op = 1 - op
+            cta = tl.atomic_add(sched_ptr + SM_SLOTS + op, 1)
+        if TRACE:
+            tl.store(trace_ptr + pid * 3 + 0, op)
+            tl.store(trace_ptr + pid * 3 + 1, cta)
+            tl.store(trace_ptr + pid * 3 + 2, sm)
+    if op == 0:
+        _prefill_tile(cta, qp_ptr, kp_ptr, vp_ptr, op_ptr, pop_ptr, plsep_ptr, btp_ptr,
+                      Lq, Lk, H, GROUP, n_mblocks, n_splits_p, page_size_p,
+                      s_qpt, s_qph, s_kpp, s_kpt, s_kph, s_vpp, s_vpt, s_vph, s_opt, s_oph, qk_scale,
+                      D, BM, BN, PAGED_P, CAUSAL, INTERPRET)
+    else:
+        _decode_tile(cta, qd_ptr, kd_ptr, vd_ptr, od_ptr, pod_ptr, plsed_ptr, btd_ptr, seqlens_ptr,
+                     B, H, GROUP, HKV, n_hblocks, n_splits_d, n_items, page_size_d, btd_stride,
+                     s_qdb, s_qdh, s_kdp, s_kdt, s_kdh, s_vdp, s_vdt, s_vdh, s_odb, s_odh, qk_scale,
+                     D, BH, BN_D, V, PAGED_D, INTERPRET)
+    if MODE == 3:
+        done = tl.atomic_add(sched_ptr + SM_SLOTS + 2, 1)
+        if done == n_prefill_ctas + n_decode_ctas - 1:
+            # every CTA has taken its ticket: reset the counters for the next launch
+            offs = tl.arange(0, SM_SLOTS)
+            tl.store(sched_ptr + offs, tl.zeros([SM_SLOTS], tl.int32))
+            tl.store(sched_ptr + SM_SLOTS + tl.arange(0, 4), tl.zeros([4], tl.int32),
+                     mask=tl.arange(0, 4) < 3)
+
+
+@triton.jit(do_not_specialize=["rows_p", "splits_p", "rows_d", "splits_d", "n_blocks_p"])
+def merge_kernel(po_p, plse_p, o_p, rows_p, splits_p, po_d, plse_d, o_d, rows_d, splits_d, n_blocks_p,
+                 D: tl.constexpr, BR: tl.constexpr):
+    """Merge split-KV partials (normalised outputs + base-2 LSE) of prefill rows, then decode rows.
+    Rows are (token, head) of the contiguous outputs."""
+    pid = tl.program_id(0)
+    if pid < n_blocks_p:
+        po, plse, o, R, S, blk = po_p, plse_p, o_p, rows_p, splits_p, pid
+    else:
+        po, plse, o, R, S, blk = po_d, plse_d, o_d, rows_d, splits_d, pid - n_blocks_p
+    rows = blk * BR + tl.arange(0, BR)
+    r_ok = rows < R
+    rows64 = rows.to(tl.int64)
+    offs_d = tl.arange(0, D)
+    m = tl.full([BR], float("-inf"), tl.float32)
+    for s in range(0, S):
+        m = tl.maximum(m, tl.load(plse + s * R + rows64, mask=r_ok, other=float("-inf")))
+    m = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([BR, D], tl.float32)
+    den = tl.zeros([BR], tl.float32)
+    for s in range(0, S):
+        w = tl.math.exp2(tl.load(plse + s * R + rows64, mask=r_ok, other=float("-inf")) - m)
+        part = tl.load(po + (s * R + rows64)[:, None] * D + offs_d[None, :], mask=r_ok[:, None], other=0.0)
+        acc += w[:, None] * part
+        den += w
+    den = tl.where(den == 0.0, 1.0, den)
+    tl.store(o + rows64[:, None] * D + offs_d[None, :], (acc / den[:, None]).to(o.dtype.element_ty),
+             mask=r_ok[:, None])

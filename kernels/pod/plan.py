@@ -1,0 +1,221 @@
+"""Launch planning for our POD kernel family: every knob of the paper, each with an automatic default.
+
+Pure Python (no GPU needed), so the choices are unit-tested on the CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from kernels.workload import BatchSpec
+
+# Machine balance (FLOP per byte) used by the automatic 2-vs-4 CTA choice when the caller gives
+# none: H100 SXM dense fp16 989 TFLOP/s over 3.35 TB/s.
+DEFAULT_MACHINE_BALANCE = 295.0
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Tile shapes and launch resources of one kernel configuration."""
+
+    block_m: int      # prefill query rows per CTA
+    block_n: int      # prefill keys per step
+    decode_rows: int  # decode query-row tile (query heads of one KV group, padded)
+    decode_n: int     # decode keys per step
+    virtual: int      # virtual decode CTAs (work items) per physical decode CTA
+    num_warps: int
+    num_stages: int
+    maxnreg: int = 0  # register cap per thread (0: compiler's choice)
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def default_tiles(kind: str, head_dim: int, ctas_per_sm: int = 2) -> Tiles:
+    """Tiles for ``kind`` in {"prefill", "decode", "fused"}. Prefill-alone and decode-alone use the
+    shapes best for that part alone; "fused" uses shapes that let ``ctas_per_sm`` CTAs share an SM.
+
+    Residency on Hopper (65536 registers, 227 KB shared memory per SM), from the sm_90 compile of
+    the fused kernel at head dim 128: 2 CTAs/SM = 128x64 prefill tiles, 8 warps, 2 stages, capped
+    at 128 registers (96 KB shared each); 4 CTAs/SM = 64x32 tiles, 4 warps, 2 stages, 128
+    registers (48 KB each). Without the cap the compiler takes ~200 registers and only one
+    8-warp CTA fits, which would leave nothing to co-locate."""
+    big, small = head_dim >= 256, head_dim <= 64
+    if kind == "prefill":
+        if big:
+            return Tiles(64, 32, 16, 32, 1, 4, 2)
+        return Tiles(128, 64, 16, 64, 1, 4 if small else 8, 3)
+    if kind == "decode":
+        return Tiles(64, 64, 16, 32 if big else 64, 1, 4, 3)
+    if kind != "fused":
+        raise ValueError(f"unknown tile kind {kind!r}")
+    if ctas_per_sm == 2:
+        if big:
+            return Tiles(64, 32, 16, 32, 2, 4, 2, 168)
+        return Tiles(128, 64, 16, 64, 2, 8, 2, 128)
+    if ctas_per_sm == 4:
+        if big:
+            return Tiles(32, 32, 16, 16, 1, 4, 1, 128)
+        return Tiles(64, 32, 16, 64, 1, 4, 2, 128)
+    raise ValueError(f"ctas_per_sm must be 2 or 4, got {ctas_per_sm}")
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """Knobs of the POD kernel (paper section 4). 'auto' picks per batch."""
+
+    ctas_per_sm: int | str = "auto"          # 2 | 4 | "auto"
+    policy: str = "proportional"             # "proportional" | "50:50"
+    decode_q_tile: int | str = "auto"        # 16, 32, 64, 128 query rows per decode tile
+    virtual_decode_ctas: int | str = "auto"  # work items per decode CTA
+    prefill_split: str | int = "limited"     # "limited" (<= 2 waves) | "vanilla" (FlashDecoding) | fixed int
+    decode_split: str | int = "auto"         # "auto" | fixed int
+    kv_layout: str = "dense"                 # "dense" | "paged" (block table into the page pool)
+    num_warps: int | None = None
+    num_stages: int | None = None
+    maxnreg: int | None = None
+    block_m: int | None = None
+    block_n: int | None = None
+    decode_n: int | None = None
+    machine_balance: float | None = None     # FLOP/byte for the automatic CTA choice
+
+    def __post_init__(self):
+        if self.ctas_per_sm not in (2, 4, "auto"):
+            raise ValueError(f"ctas_per_sm must be 2, 4 or 'auto', got {self.ctas_per_sm!r}")
+        if self.policy not in ("proportional", "50:50"):
+            raise ValueError(f"policy must be 'proportional' or '50:50', got {self.policy!r}")
+        if self.decode_q_tile != "auto" and self.decode_q_tile not in (16, 32, 64, 128):
+            raise ValueError(f"decode_q_tile must be 16, 32, 64, 128 or 'auto', got {self.decode_q_tile!r}")
+        if self.virtual_decode_ctas != "auto" and self.virtual_decode_ctas not in (1, 2, 4, 8):
+            raise ValueError("virtual_decode_ctas must be 1, 2, 4, 8 or 'auto'")
+        if not (self.prefill_split in ("limited", "vanilla") or
+                (isinstance(self.prefill_split, int) and self.prefill_split >= 1)):
+            raise ValueError("prefill_split must be 'limited', 'vanilla' or a positive int")
+        if not (self.decode_split == "auto" or (isinstance(self.decode_split, int) and self.decode_split >= 1)):
+            raise ValueError("decode_split must be 'auto' or a positive int")
+        if self.kv_layout not in ("dense", "paged"):
+            raise ValueError("kv_layout must be 'dense' or 'paged'")
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything a launch needs besides the tensors."""
+
+    mode: int
+    tiles: Tiles
+    ctas_per_sm: int
+    n_mblocks: int = 0
+    n_splits_p: int = 1
+    n_prefill_ctas: int = 0
+    n_hblocks: int = 0
+    n_splits_d: int = 1
+    n_items: int = 0
+    n_decode_ctas: int = 0
+    prefill_ratio: int = 1
+    decode_ratio: int = 1
+    num_sms: int = 1
+    notes: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["tiles"] = asdict(self.tiles)
+        return d
+
+
+def flash_split_heuristic(work_ctas: int, slots: int, n_blocks: int, max_splits: int = 128) -> int:
+    """FlashDecoding's split count: none when the work already fills most of a wave; otherwise the
+    smallest split count whose wave efficiency is within 85% of the best."""
+    if work_ctas <= 0 or n_blocks <= 1 or work_ctas >= 0.8 * slots:
+        return 1
+    max_splits = max(1, min(max_splits, slots, n_blocks))
+
+    def eff(s):
+        waves = work_ctas * s / slots
+        return waves / math.ceil(waves)
+
+    def distinct(s):  # a split count that does not change blocks per split is no new option
+        return s == 1 or math.ceil(n_blocks / s) != math.ceil(n_blocks / (s - 1))
+
+    best = max(eff(s) for s in range(1, max_splits + 1) if distinct(s))
+    return next(s for s in range(1, max_splits + 1) if distinct(s) and eff(s) >= 0.85 * best)
+
+
+def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
+    """2 CTAs per SM (larger prefill tiles) when the prefill's compute time dominates the decodes'
+    memory time, else 4 (finer co-location), as the paper's section 4.2.2 describes."""
+    if not spec.has_prefill:
+        return 4
+    if not spec.has_decode:
+        return 2
+    return 2 if spec.flops()["prefill"] > balance * spec.bytes_moved()["decode"] else 4
+
+
+def policy_ratio(policy: str, n_prefill: int, n_decode: int, ctas_per_sm: int) -> tuple[int, int]:
+    """Tickets per SM given to prefill vs decode: 1:1, or proportional to their CTA counts within
+    the CTAs that share an SM (e.g. 3:1 with 4 CTAs per SM)."""
+    if policy == "50:50" or n_prefill == 0 or n_decode == 0:
+        return 1, 1
+    share = n_prefill / (n_prefill + n_decode)
+    p = min(max(round(share * ctas_per_sm), 1), ctas_per_sm - 1)
+    return p, ctas_per_sm - p
+
+
+def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None = None,
+              kind: str | None = None) -> LaunchPlan:
+    """Plan one launch of ``pod_kernel`` in ``mode`` (0 prefill, 1 decode, 2 CTA-parallel, 3 POD)."""
+    cfg = config or PodConfig()
+    m = spec.model
+    if kind is None:
+        kind = {0: "prefill", 1: "decode"}.get(mode, "fused")
+    if kind == "fused":
+        cps = cfg.ctas_per_sm if cfg.ctas_per_sm != "auto" else choose_ctas_per_sm(
+            spec, cfg.machine_balance or DEFAULT_MACHINE_BALANCE)
+    else:
+        cps = 2 if kind == "prefill" else 4
+    t = default_tiles(kind, m.head_dim, cps)
+    decode_rows = t.decode_rows if cfg.decode_q_tile == "auto" else cfg.decode_q_tile
+    if cfg.decode_q_tile == "auto":
+        # the KV group's query heads in one tile when they fit: KV is read once per group
+        decode_rows = max(16, min(_pow2_at_least(m.group_size), 64))
+    virtual = t.virtual if cfg.virtual_decode_ctas == "auto" else cfg.virtual_decode_ctas
+    t = Tiles(cfg.block_m or t.block_m, cfg.block_n or t.block_n, decode_rows, cfg.decode_n or t.decode_n,
+              virtual, cfg.num_warps or t.num_warps, cfg.num_stages or t.num_stages,
+              t.maxnreg if cfg.maxnreg is None else cfg.maxnreg)
+    notes = {}
+    plan = dict(mode=mode, tiles=t, ctas_per_sm=cps, num_sms=num_sms)
+    slots = num_sms * cps
+
+    n_decode_items = n_decode_ctas = n_hblocks = 0
+    if spec.has_decode and mode != 0:
+        n_hblocks = math.ceil(m.group_size / t.decode_rows)
+        base_items = spec.decode_batch * m.kv_heads * n_hblocks
+        if cfg.decode_split == "auto":
+            s_d = flash_split_heuristic(base_items, slots, math.ceil(spec.decode_ctx / t.decode_n))
+        else:
+            s_d = cfg.decode_split
+        n_decode_items = base_items * s_d
+        n_decode_ctas = math.ceil(n_decode_items / t.virtual)
+        plan.update(n_hblocks=n_hblocks, n_splits_d=s_d, n_items=n_decode_items, n_decode_ctas=n_decode_ctas)
+
+    if spec.has_prefill and mode != 1:
+        n_mblocks = math.ceil(spec.prefill_len / t.block_m)
+        work = m.q_heads * n_mblocks
+        n_blocks = math.ceil(spec.prefill_kv_len / t.block_n)
+        if isinstance(cfg.prefill_split, int):
+            s_p = cfg.prefill_split
+        else:
+            s_p = flash_split_heuristic(work, slots, n_blocks)
+            if cfg.prefill_split == "limited" and mode in (2, 3):
+                # paper 4.2.4: at most two full waves of prefill CTAs, none when decodes fill them
+                s_p = min(s_p, max(1, (2 * num_sms) // work))
+                if n_decode_ctas >= 2 * num_sms:
+                    s_p = 1
+                notes["prefill_split_vanilla"] = flash_split_heuristic(work, slots, n_blocks)
+        plan.update(n_mblocks=n_mblocks, n_splits_p=s_p, n_prefill_ctas=work * s_p)
+
+    if mode in (2, 3):
+        p, d = policy_ratio(cfg.policy, plan.get("n_prefill_ctas", 0), n_decode_ctas, cps)
+        plan.update(prefill_ratio=p, decode_ratio=d)
+    plan["notes"] = notes
+    return LaunchPlan(**plan)

@@ -1,0 +1,188 @@
+"""Experiment YAML loading, validation messages and grid expansion."""
+import textwrap
+
+import pytest
+
+from experiments import grid as G
+
+FIG11 = "experiments/figure11.yaml"
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+MINIMAL = """\
+name: t
+models: [llama-3-8b]
+grid: {chunk_size: [512], context_len: [1024], decode_batch: [4]}
+methods: [A]
+"""
+
+
+def test_figure11_counts():
+    exp = G.load_experiment(FIG11)
+    rows = G.expand(exp, gpu_memory_bytes=80e9)
+    assert len(G.groups(rows)) == 315
+    assert len(rows) == 4410
+    assert len({r.row_key for r in rows}) == 4410
+    assert exp.baseline == "FA_Serial" and exp.plot == "figure11"
+    assert exp.timing == {"warmup": 1, "repeats": 3, "calls": 5, "l2_flush": False, "cuda_graph": False}
+    assert exp.filter == {"min_part_fraction": 0.2}
+    assert len(exp.methods) == 16 and exp.methods[-1].label == "POD"
+    # groups are contiguous and each allocates the context as prefill KV capacity
+    for gk, grows in G.groups(rows):
+        s = grows[0].spec
+        assert [r.chunk_idx for r in grows] == list(range(s.decode_ctx // s.prefill_len))
+        assert [r.spec.prefill_kv_len for r in grows] == [(i + 1) * s.prefill_len for i in range(len(grows))]
+        assert all(r.prefill_kv_cap == s.decode_ctx for r in grows)
+
+
+def test_memory_fill_hand_computed():
+    m = G.resolve_model("llama-3-8b-tp2")
+    assert (m.q_heads, m.kv_heads, m.head_dim, m.tp, m.params_bytes) == (16, 4, 128, 2, 16e9)
+    # per request: 4 kv heads * 128 * 2 (K,V) * 2 B * 32 layers * 12288 = 805306368 B;
+    # m = int(0.9 * (80e9 - 16e9 / 2) // 805306368) = int(64.8e9 // 805306368) = 80
+    assert G.memory_fill_batches(m, "float16", 12288, [0.9, 0.95, 1.0], 0.9, 80e9) == [72, 76, 80]
+    rows = G.expand(G.load_experiment(FIG11), gpu_memory_bytes=80e9)
+    got = sorted({r.spec.decode_batch for r in rows if r.spec.model.name == "llama-3-8b-tp2"
+                  and r.spec.decode_ctx == 12288})
+    assert got == [72, 76, 80]
+    k = next(r for r in rows if r.spec.model.name == "llama-3-8b-tp2" and r.spec.prefill_len == 512
+             and r.spec.prefill_kv_len == 1024 and r.spec.decode_batch == 76 and r.spec.decode_ctx == 12288)
+    assert k.row_key == "llama-3-8b-tp2|float16|p512@1024|d76x12288|ps16"
+    assert k.group_key == "llama-3-8b-tp2|float16|p512|d76x12288|ps16" and k.chunk_idx == 1
+
+
+def test_memory_fill_needs_memory(monkeypatch):
+    monkeypatch.setattr(G, "device_memory_bytes", lambda: None)
+    with pytest.raises(G.ExperimentError, match="--gpu-memory-gb"):
+        G.expand(G.load_experiment(FIG11))
+
+
+def test_memory_fill_drops_duplicates_and_pins(tmp_path):
+    p = write(tmp_path, """\
+        name: t
+        models: [{name: tiny, q_heads: 4, kv_heads: 2, head_dim: 64, layers: 1}]
+        grid:
+          chunk_size: [16]
+          context_len: [32]
+          decode_batch: {memory_fill: {fractions: [0.9, 0.95, 1.0], memory_fraction: 1.0, gpu_memory_gb: 0.0000328}}
+        methods: [A]
+    """)
+    # 32800 B / (2*64*2*2*1*32 = 16384 B) -> m = 2 -> [int(1.8), int(1.9), 2] = [1, 2]
+    rows = G.expand(G.load_experiment(p))
+    assert sorted({r.spec.decode_batch for r in rows}) == [1, 2]
+
+
+@pytest.mark.parametrize("snippet, where", [
+    ("grid: {chunk_size: [512, abc], context_len: [1024], decode_batch: [4]}", "grid.chunk_size[1]"),
+    ("grid: {chunk_size: [512], context_len: [1024], decode_batch: [4], bogus: 1}", "grid"),
+    ("grid: {chunk_size: [512], context_len: [1024], decode_batch: {memory_fill: {fractions: [2]}}}",
+     "grid.decode_batch.memory_fill.fractions[0]"),
+    ("grid: {chunk_size: [512], context_len: [1024], decode_batch: [-1]}", "grid.decode_batch[0]"),
+    ("grid: {chunk_size: [512], context_len: [1024]}", "grid"),
+])
+def test_yaml_errors_name_file_and_field(tmp_path, snippet, where):
+    p = write(tmp_path, f"name: t\nmodels: [llama-3-8b]\nmethods: [A]\n{snippet}\n")
+    with pytest.raises(G.ExperimentError) as e:
+        G.load_experiment(p)
+    assert str(e.value).startswith(f"{p}: {where}: "), str(e.value)
+
+
+def test_yaml_error_messages(tmp_path):
+    p = write(tmp_path, MINIMAL + "colour: red\n")
+    with pytest.raises(G.ExperimentError, match=r"\(top level\): Additional properties.*'colour'"):
+        G.load_experiment(p)
+    p = write(tmp_path, MINIMAL + "timing: {repeats: 0}\n")
+    with pytest.raises(G.ExperimentError, match=r"timing\.repeats: 0 is less than the minimum of 1"):
+        G.load_experiment(p)
+    p = write(tmp_path, MINIMAL + "smoke: {timing: {calls: x}}\n")
+    with pytest.raises(G.ExperimentError, match=r"smoke\.timing\.calls: 'x' is not of type 'integer'"):
+        G.load_experiment(p)
+    p = write(tmp_path, MINIMAL + "dtype: float8\n")
+    with pytest.raises(G.ExperimentError, match="dtype"):
+        G.load_experiment(p)
+    p = write(tmp_path, "name: t\nmethods: [A]\nmodels: [llama-3-8b]\n")
+    with pytest.raises(G.ExperimentError, match="grid"):
+        G.load_experiment(p)
+    with pytest.raises(G.ExperimentError, match="not found"):
+        G.load_experiment(str(tmp_path / "missing.yaml"))
+    p = write(tmp_path, "name: [unclosed\n")
+    with pytest.raises(G.ExperimentError, match="invalid YAML"):
+        G.load_experiment(p)
+
+
+def test_models():
+    assert G.resolve_model("yi-6b-tp4").q_heads == 8 and G.resolve_model("yi-6b-tp4").kv_heads == 1
+    assert G.resolve_model("llama-2-7b").group_size == 1
+    with pytest.raises(G.ExperimentError, match="tp=3 does not divide"):
+        G.resolve_model("llama-3-8b-tp3")
+    with pytest.raises(G.ExperimentError, match="unknown model 'gpt-5'"):
+        G.resolve_model("gpt-5")
+    m = G.resolve_model({"name": "x", "q_heads": 8, "kv_heads": 4, "head_dim": 64, "tp": 2})
+    assert (m.name, m.q_heads, m.kv_heads) == ("x-tp2", 4, 2)
+
+
+def test_methods_and_duplicates(tmp_path):
+    p = write(tmp_path, MINIMAL.replace("methods: [A]", "methods: [A, {name: B, method: A, options: {x: 1}}]"))
+    exp = G.load_experiment(p)
+    assert [(m.label, m.method, m.options) for m in exp.methods] == [("A", "A", {}), ("B", "A", {"x": 1})]
+    p = write(tmp_path, MINIMAL.replace("methods: [A]", "methods: [A, {method: A}]"))
+    with pytest.raises(G.ExperimentError, match=r"methods\[1\]: duplicate method label 'A'"):
+        G.load_experiment(p)
+
+
+def test_smoke_expansion():
+    exp = G.load_experiment(FIG11, smoke=True)
+    assert exp.smoke and [m.name for m in exp.models] == ["tiny-gqa2", "tiny-gqa3"]
+    assert exp.timing == {"warmup": 0, "repeats": 2, "calls": 1, "l2_flush": False, "cuda_graph": False}
+    assert exp.grid["skip_context_below_chunk"] is True and exp.grid["page_size"] == 16
+    assert [m.label for m in exp.methods][-1] == "POD" and len(exp.methods) == 8
+    rows = G.expand(exp)  # a plain list of batch sizes needs no GPU
+    # per model and batch size: cs16 -> 3 + 4 chunks, cs32 -> 1 + 2 chunks
+    assert len(rows) == 2 * 2 * 10 and len(G.groups(rows)) == 2 * 2 * 2 * 2
+    assert rows[0].row_key == "tiny-gqa2|float16|p16@16|d2x48|ps16"
+
+
+def test_configs_and_chunk_index(tmp_path):
+    p = write(tmp_path, """\
+        name: t
+        dtype: [float16, bfloat16]
+        models: [llama-3-8b-tp2]
+        grid: {chunk_size: [512, full], context_len: [16384], decode_batch: [64], chunk_index: [28, 29, -1, 99]}
+        configs:
+          - {prefill_len: 1024, prefill_kv_len: 12288, decode_batch: 80, decode_ctx: 12288}
+          - {model: llama-2-7b, dtype: float16, prefill_len: 0, decode_batch: 8, decode_ctx: 4096}
+          - {prefill_len: 1024, prefill_kv_len: 4096, decode_batch: 80, decode_ctx: 12288}
+        methods: [A]
+    """)
+    rows = G.expand(G.load_experiment(p))
+    keys = [r.row_key for r in rows]
+    grid_part = [k for k in keys if "@16384" in k or "p512" in k]
+    assert grid_part[:3] == ["llama-3-8b-tp2|float16|p512@14848|d64x16384|ps16",
+                             "llama-3-8b-tp2|float16|p512@15360|d64x16384|ps16",
+                             "llama-3-8b-tp2|float16|p512@16384|d64x16384|ps16"]
+    assert "llama-3-8b-tp2|float16|p16384@16384|d64x16384|ps16" in keys
+    assert "llama-2-7b|float16|p0@0|d8x4096|ps16" in keys
+    # the two float16 1024-chunks with the same decodes share one group (capacity 12288), contiguously
+    g = [r for r in rows if r.group_key == "llama-3-8b-tp2|float16|p1024|d80x12288|ps16"]
+    assert [r.chunk_idx for r in g] == [11, 3] and {r.prefill_kv_cap for r in g} == {12288}
+    idx = [i for i, r in enumerate(rows) if r in g]
+    assert idx == list(range(idx[0], idx[0] + 2))
+    assert len(rows) == 2 * (3 + 1) + 2 * 2 + 1
+
+
+def test_duplicate_rows_rejected(tmp_path):
+    p = write(tmp_path, """\
+        name: t
+        models: [yi-6b]
+        configs:
+          - {prefill_len: 16, decode_batch: 0}
+          - {prefill_len: 16, decode_batch: 0}
+        methods: [A]
+    """)
+    with pytest.raises(G.ExperimentError, match="appears twice"):
+        G.expand(G.load_experiment(p))

@@ -1,0 +1,100 @@
+import glob
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+
+SMOKE = config["smoke"]
+SHIPPED = config["use_shipped_results"]
+if SMOKE and SHIPPED:
+    raise WorkflowError("smoke=true and use_shipped_results=true exclude each other: pick one")
+
+# Smoke outputs go elsewhere so that a CPU run never overwrites GPU results.
+RESULTS = config["smoke_results_dir"] if SMOKE else config["results_dir"]
+SHARDS = config["shards"]
+
+# Flags of the GPU-side commands (kernels.build and experiments.run).
+RUN_FLAGS = "--smoke --device cpu" if SMOKE else f"--device {config['device']}"
+# The same smoke flag for analysis and plotting (they read the experiment's smoke overrides).
+SMOKE_FLAG = "--smoke" if SMOKE else ""
+
+NO_GPU_MESSAGE = (
+    "no CUDA GPU found. Without a GPU, use `make figures` (rebuild every figure and table from the "
+    "shipped results: --config use_shipped_results=true) or `--config smoke=true` (the whole "
+    "workflow on tiny shapes on the CPU)."
+)
+
+# Every experiments/*.yaml but the model catalogue is one experiment (one figure or table).
+EXPERIMENTS = sorted(
+    Path(p).stem for p in glob.glob("experiments/*.yaml") if Path(p).name != "models.yaml"
+)
+
+
+wildcard_constraints:
+    exp="[A-Za-z0-9_.-]+",
+    i=r"\d+",
+    n=r"\d+",
+
+
+def shipped_raw(exp):
+    """Committed raw CSVs of an experiment, whatever shards were run."""
+    return sorted(glob.glob(f"{RESULTS}/raw/{exp}/*.csv"))
+
+
+def raw_csvs(wildcards):
+    """Input of aggregate: the shipped CSVs, or the shards this run produces."""
+    if SHIPPED:
+        files = shipped_raw(wildcards.exp)
+        if not files:
+            raise WorkflowError(
+                f"use_shipped_results=true but {RESULTS}/raw/{wildcards.exp}/ holds no CSV: "
+                f"this experiment has no shipped results; run it on a GPU (`make {wildcards.exp}`)."
+            )
+        return files
+    return [f"{RESULTS}/raw/{wildcards.exp}/shard-{i}-of-{SHARDS}.csv" for i in range(SHARDS)]
+
+
+def experiment_targets(exp):
+    """Final files of one experiment: its table, summary and figure."""
+    return [
+        f"{RESULTS}/tables/{exp}.csv",
+        f"{RESULTS}/tables/{exp}_summary.csv",
+        f"{RESULTS}/figures/{exp}.png",
+    ]
+
+
+def all_targets():
+    """Targets of `all`; with shipped results, only the experiments that have some."""
+    experiments = EXPERIMENTS
+    if SHIPPED:
+        experiments = [e for e in EXPERIMENTS if shipped_raw(e)]
+        skipped = sorted(set(EXPERIMENTS) - set(experiments))
+        if skipped:
+            logger.warning(f"no shipped results for {', '.join(skipped)}: skipped")
+    return [f for e in experiments for f in experiment_targets(e)]
+
+
+def require_gpu_if_needed():
+    """Fail before any job starts when this machine must run GPU jobs and has no CUDA GPU.
+
+    Called from onstart, i.e. only for a real (not dry) run with jobs to do; cluster executors
+    run the GPU jobs elsewhere, so only local execution is checked.
+    """
+    if SMOKE or SHIPPED or not config["device"].startswith("cuda") or not workflow.local_exec:
+        return
+    if not any(job.rule.name in ("build", "sweep_shard") for job in workflow.dag.needrun_jobs()):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WorkflowError(NO_GPU_MESSAGE)
+
+
+# A target per experiment, named after it (`snakemake figure11`).
+for _exp in EXPERIMENTS:
+
+    rule:
+        name:
+            _exp
+        input:
+            experiment_targets(_exp),

@@ -1,0 +1,20 @@
+rule sweep_shard:
+    """Time every method on shard {i} of {n} of the experiment's hybrid batches (one GPU job)."""
+    input:
+        experiment="experiments/{exp}.yaml",
+        build=f"{RESULTS}/build/{{exp}}.json",
+    output:
+        f"{RESULTS}/raw/{{exp}}/shard-{{i}}-of-{{n}}.csv",
+    log:
+        f"{RESULTS}/logs/sweep/{{exp}}/shard-{{i}}-of-{{n}}.log",
+    params:
+        flags=RUN_FLAGS,
+    resources:
+        gpu=1,
+    conda:
+        "../envs/harness.yaml"
+    shell:
+        # Rows go to a .partial file Snakemake does not own: a killed job leaves it in place and
+        # the rerun resumes from it (experiments.run skips rows already there).
+        "python -m experiments.run {input.experiment} --shard {wildcards.i}/{wildcards.n} "
+        "--out {output}.partial {params.flags} > {log} 2>&1 && mv {output}.partial {output}"
