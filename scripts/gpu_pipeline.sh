@@ -8,7 +8,7 @@
 set -u
 res=${1:?results dir}; shards=${2:-8}; gate=${3:-}
 mkdir -p "$res"
-smk() { python3 -m snakemake --profile profiles/local --config shards="$shards" results_dir="$res" "$@"; }
+smk() { python3 -m snakemake "$@" --profile profiles/local --config shards="$shards" results_dir="$res"; }
 smk "$res/build/figure11.json" > "$res/snakemake-build.log" 2>&1
 if [ -n "$gate" ]; then
   while [ ! -e "$gate" ]; do sleep 5; done

@@ -66,7 +66,7 @@ class PodConfig:
     """Knobs of the POD kernel (paper section 4). 'auto' picks per batch."""
 
     ctas_per_sm: int | str = "auto"          # 2 | 4 | "auto"
-    policy: str = "proportional"             # "proportional" | "50:50"
+    policy: str = "proportional"             # "proportional" | "50:50" | fixed tickets "P:D", e.g. "3:1"
     decode_q_tile: int | str = "auto"        # 16, 32, 64, 128 query rows per decode tile
     virtual_decode_ctas: int | str = "auto"  # work items per decode CTA
     prefill_split: str | int = "limited"     # "limited" (<= 2 waves) | "vanilla" (FlashDecoding) | fixed int
@@ -83,8 +83,8 @@ class PodConfig:
     def __post_init__(self):
         if self.ctas_per_sm not in (2, 4, "auto"):
             raise ValueError(f"ctas_per_sm must be 2, 4 or 'auto', got {self.ctas_per_sm!r}")
-        if self.policy not in ("proportional", "50:50"):
-            raise ValueError(f"policy must be 'proportional' or '50:50', got {self.policy!r}")
+        if self.policy != "proportional" and _fixed_ratio(self.policy) is None:
+            raise ValueError(f"policy must be 'proportional', '50:50' or 'P:D' tickets like '3:1', got {self.policy!r}")
         if self.decode_q_tile != "auto" and self.decode_q_tile not in (16, 32, 64, 128):
             raise ValueError(f"decode_q_tile must be 16, 32, 64, 128 or 'auto', got {self.decode_q_tile!r}")
         if self.virtual_decode_ctas != "auto" and self.virtual_decode_ctas not in (1, 2, 4, 8):
@@ -151,11 +151,25 @@ def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
     return 2 if spec.flops()["prefill"] > balance * spec.bytes_moved()["decode"] else 4
 
 
+def _fixed_ratio(policy) -> tuple[int, int] | None:
+    """(P, D) of a 'P:D' policy ('50:50' is 1:1), None if the text is not one."""
+    try:
+        p, d = (int(x) for x in str(policy).split(":"))
+    except ValueError:
+        return None
+    if p < 1 or d < 1:
+        return None
+    g = math.gcd(p, d)
+    return p // g, d // g
+
+
 def policy_ratio(policy: str, n_prefill: int, n_decode: int, ctas_per_sm: int) -> tuple[int, int]:
     """Tickets per SM given to prefill vs decode: 1:1, or proportional to their CTA counts within
     the CTAs that share an SM (e.g. 3:1 with 4 CTAs per SM)."""
-    if policy == "50:50" or n_prefill == 0 or n_decode == 0:
+    if n_prefill == 0 or n_decode == 0:
         return 1, 1
+    if policy != "proportional":
+        return _fixed_ratio(policy)
     share = n_prefill / (n_prefill + n_decode)
     p = min(max(round(share * ctas_per_sm), 1), ctas_per_sm - 1)
     return p, ctas_per_sm - p
