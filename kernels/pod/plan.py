@@ -12,6 +12,8 @@ from kernels.workload import BatchSpec
 # Machine balance (FLOP per byte) used by the automatic 2-vs-4 CTA choice when the caller gives
 # none: H100 SXM dense fp16 989 TFLOP/s over 3.35 TB/s.
 DEFAULT_MACHINE_BALANCE = 295.0
+# How many times the decodes' memory time the prefill's compute time must be for 2 CTAs per SM.
+PREFILL_DOMINANCE = 3.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ def default_tiles(kind: str, head_dim: int, ctas_per_sm: int = 2) -> Tiles:
     Residency on Hopper (65536 registers, 227 KB shared memory per SM), from the sm_90 compile of
     the fused kernel at head dim 128: 2 CTAs/SM = 128x64 prefill tiles, 8 warps, 2 stages, capped
     at 128 registers (96 KB shared each); 4 CTAs/SM = 64x32 tiles, 4 warps, 2 stages, 128
-    registers (48 KB each). Without the cap the compiler takes ~200 registers and only one
+    registers (48 KB each at 2 stages; 3 stages measured faster, results/pod_knobs, although shared
+    memory then admits 3 CTAs). Without the cap the compiler takes ~200 registers and only one
     8-warp CTA fits, which would leave nothing to co-locate."""
     big, small = head_dim >= 256, head_dim <= 64
     if kind == "prefill":
@@ -57,7 +60,7 @@ def default_tiles(kind: str, head_dim: int, ctas_per_sm: int = 2) -> Tiles:
     if ctas_per_sm == 4:
         if big:
             return Tiles(32, 32, 16, 16, 1, 4, 1, 128)
-        return Tiles(64, 32, 16, 64, 1, 4, 2, 128)
+        return Tiles(64, 32, 16, 64, 1, 4, 3, 128)
     raise ValueError(f"ctas_per_sm must be 2 or 4, got {ctas_per_sm}")
 
 
@@ -148,7 +151,9 @@ def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
         return 4
     if not spec.has_decode:
         return 2
-    return 2 if spec.flops()["prefill"] > balance * spec.bytes_moved()["decode"] else 4
+    # measured (results/pod_knobs): 4 CTAs/SM wins on every sampled figure-11 batch, 2 only when
+    # the prefill's compute clearly dominates, as in the paper's C2
+    return 2 if spec.flops()["prefill"] > PREFILL_DOMINANCE * balance * spec.bytes_moved()["decode"] else 4
 
 
 def _fixed_ratio(policy) -> tuple[int, int] | None:
