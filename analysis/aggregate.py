@@ -165,11 +165,12 @@ def table_methods(table: pd.DataFrame) -> list[str]:
 _PART_NAME = re.compile(r"_(prefill|decode)(_|$)")
 
 
-def method_role(method: str, baseline: str) -> str:
-    """'baseline', 'part' (times one phase only, e.g. FA_prefill) or 'method' (runs the whole batch)."""
+def method_role(method: str, baseline: str, registered: str | None = None) -> str:
+    """'baseline', 'part' (times one phase only, e.g. FA_prefill) or 'method' (runs the whole batch).
+    A labelled variant is judged by the name of the method it runs (``registered``), not its label."""
     if method == baseline:
         return "baseline"
-    if _PART_NAME.search(method):
+    if _PART_NAME.search(registered or method):
         return "part"
     return "method"
 
@@ -187,7 +188,7 @@ def summarize(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
         both = kept[[f"ms_{m}", "best_peer_ms"]].dropna()
         records.append({
             "method": m,
-            "role": method_role(m, meta["baseline"]),
+            "role": method_role(m, meta["baseline"], meta.get("method_of", {}).get(m)),
             "n": len(speedup),
             "mean_speedup": speedup.mean(),
             "median_speedup": speedup.median(),

@@ -14,7 +14,8 @@ DEFAULT_MIN_PART_FRACTION = 0.2  # the paper's figure-11 filter
 
 
 def read_meta(path: str | Path, smoke: bool = False) -> dict:
-    """Return ``name``, ``plot``, ``baseline`` and ``min_part_fraction`` of an experiment, with its
+    """Return ``name``, ``plot``, ``baseline``, ``min_part_fraction`` and ``method_of`` (label ->
+    registered method, for labelled variants) of an experiment, with its
     ``smoke:`` overrides applied when ``smoke`` (``filter`` merged field by field, as the schema says).
 
     ``min_part_fraction`` 0 turns the filter off.
@@ -31,4 +32,5 @@ def read_meta(path: str | Path, smoke: bool = False) -> dict:
         "plot": doc.get("plot") or "generic",
         "baseline": doc.get("baseline") or DEFAULT_BASELINE,
         "min_part_fraction": float(filt.get("min_part_fraction", DEFAULT_MIN_PART_FRACTION)),
+        "method_of": {m["name"]: m["method"] for m in doc.get("methods") or [] if isinstance(m, dict)},
     }

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.aggregate import build_table, load_raw, main, summarize
+from analysis.aggregate import build_table, load_raw, main, method_role, summarize
 from analysis.meta import read_meta
 
 WORKLOAD = "figure11,llama-3-8b-tp2,16,4,128,float16,512,{kv},0,8,4096,16,g0,NVIDIA H100 80GB HBM3,132"
@@ -146,7 +146,8 @@ def test_smoke_overrides(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("name: e\nplot: figure11\nfilter: {min_part_fraction: 0.3}\n"
                     "smoke: {plot: generic, filter: {min_part_fraction: 0.1}}\n")
-    assert read_meta(path) == {"name": "e", "plot": "figure11", "baseline": "FA_Serial", "min_part_fraction": 0.3}
+    assert read_meta(path) == {"name": "e", "plot": "figure11", "baseline": "FA_Serial", "min_part_fraction": 0.3,
+                               "method_of": {}}
     assert read_meta(path, smoke=True)["plot"] == "generic"
     assert read_meta(path, smoke=True)["min_part_fraction"] == 0.1
 
@@ -162,3 +163,10 @@ def test_cli_writes_both_csvs(raw_paths, experiment_yaml, tmp_path):
           "--out-table", str(out_table), "--out-summary", str(out_summary)])
     assert len(pd.read_csv(out_table)) == 4
     assert set(pd.read_csv(out_summary)["method"]) >= {"POD", "FA_Serial", "FI_Serial"}
+
+
+def test_labelled_variant_is_judged_by_its_method():
+    # a POD variant whose label happens to contain "_decode" still runs the whole batch
+    assert method_role("POD_decode_q32", "OURS_Serial", "POD") == "method"
+    assert method_role("FA_decode", "FA_Serial") == "part"
+    assert method_role("FA_Serial", "FA_Serial") == "baseline"
