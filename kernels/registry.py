@@ -45,6 +45,14 @@ class Method:
             return f"{self.name} runs on {'/'.join(self.devices)} only, not {device.type}"
         return None
 
+    def require_parts(self, batch: HybridBatch) -> None:
+        """Raise MethodUnavailable when ``batch`` lacks a part this method computes."""
+        s = batch.spec
+        missing = [p for p, has in (("prefill", s.has_prefill), ("decode", s.has_decode))
+                   if p in self.parts and not has]
+        if missing:
+            raise MethodUnavailable(f"this batch has no {' or '.join(missing)} part")
+
     def prepare(self, batch: HybridBatch) -> Callable[[], Outputs]:
         """Plan for ``batch`` and return the callable to check and time. May raise MethodUnavailable."""
         raise NotImplementedError

@@ -29,9 +29,9 @@ def test_figure11_counts():
     assert len(rows) == 4410
     assert len({r.row_key for r in rows}) == 4410
     assert exp.baseline == "FA_Serial" and exp.plot == "figure11"
-    assert exp.timing == {"warmup": 1, "repeats": 3, "calls": 5, "l2_flush": False, "cuda_graph": False}
+    assert exp.timing == {"warmup": 1, "repeats": 3, "calls": 3, "l2_flush": False, "cuda_graph": False}
     assert exp.filter == {"min_part_fraction": 0.2}
-    assert len(exp.methods) == 16 and exp.methods[-1].label == "POD"
+    assert len(exp.methods) == 12 and exp.methods[-1].label == "POD"
     # groups are contiguous and each allocates the context as prefill KV capacity
     for gk, grows in G.groups(rows):
         s = grows[0].spec

@@ -18,8 +18,8 @@ def test_dry_run_gpu_mode_plans_build_and_shards():
     result = snakemake(["-n", "figure11", "--config", "shards=3"])
     assert result.returncode == 0, result.stdout + result.stderr
     for i in range(3):
-        assert f"results/raw/figure11/shard-{i}-of-3.csv" in result.stdout
-    assert "results/build/figure11.json" in result.stdout
+        assert f"results-new/raw/figure11/shard-{i}-of-3.csv" in result.stdout
+    assert "results-new/build/figure11.json" in result.stdout
 
 
 def test_dry_run_smoke_writes_only_results_smoke():

@@ -116,13 +116,6 @@ def _backend(device_type: str):
             "(torch.backends.cuda.is_flash_attention_available()) is available")
 
 
-def _require_parts(batch: HybridBatch, parts: tuple) -> None:
-    s = batch.spec
-    missing = [p for p, has in (("prefill", s.has_prefill), ("decode", s.has_decode)) if p in parts and not has]
-    if missing:
-        raise MethodUnavailable(f"this batch has no {' or '.join(missing)} part")
-
-
 class _FlashAttention(Method):
     """Shared backend choice and checks of the FA_* methods."""
 
@@ -147,7 +140,7 @@ class _FlashAttention(Method):
         reason = self.unavailable_reason(batch.device)
         if reason:
             raise MethodUnavailable(reason)
-        _require_parts(batch, self.parts)
+        self.require_parts(batch)
         backend = _backend(batch.device.type)
         if batch.device.type == "cuda" and batch.q.dtype not in (torch.float16, torch.bfloat16):
             raise MethodUnavailable(f"FlashAttention-2 needs float16 or bfloat16, not {batch.spec.dtype}")

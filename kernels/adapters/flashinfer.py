@@ -68,11 +68,8 @@ class _FlashInfer(Method):
         reason = self.unavailable_reason(batch.device)
         if reason:
             raise MethodUnavailable(reason)
+        self.require_parts(batch)
         s = batch.spec
-        missing = [p for p, has in (("prefill", s.has_prefill), ("decode", s.has_decode))
-                   if p in self.parts and not has]
-        if missing:
-            raise MethodUnavailable(f"this batch has no {' or '.join(missing)} part")
         if batch.q.dtype not in (torch.float16, torch.bfloat16):
             raise MethodUnavailable(f"{self.name} is benchmarked in float16/bfloat16 only, not {s.dtype}")
         return _import()[0]

@@ -130,12 +130,11 @@ class _Launch:
         return out
 
 
-def prepare_launch(batch: HybridBatch, plan: LaunchPlan, paged: bool = False, streams: bool = False,
+def prepare_launch(batch: HybridBatch, plan: LaunchPlan, paged: bool = False,
                    smid_table: torch.Tensor | None = None, trace: torch.Tensor | None = None):
-    """Allocate everything for ``plan`` and return a zero-argument callable running it.
-
-    plan.mode 0/1 runs one part; 2 and 3 one fused launch; a plan for mode 0 with ``separate``
-    parts is made by the adapters from two plans (see ``prepare_serial``)."""
+    """Allocate everything for ``plan`` and return a zero-argument callable running it: mode 0 or 1
+    runs one part, 2 and 3 both parts in one launch (plus the split merge when there are splits).
+    ``smid_table`` replaces %smid per CTA (tests); ``trace`` records each CTA's (op, cta, SM)."""
     L = _Launch(batch, plan, paged, smid_table, trace)
     grid = plan.n_prefill_ctas + plan.n_decode_ctas
     if plan.mode == MODE_PREFILL:

@@ -10,7 +10,8 @@ if SMOKE and SHIPPED:
     raise WorkflowError("smoke=true and use_shipped_results=true exclude each other: pick one")
 
 # Smoke outputs go elsewhere so that a CPU run never overwrites GPU results.
-RESULTS = config["smoke_results_dir"] if SMOKE else config["results_dir"]
+RESULTS = (config["smoke_results_dir"] if SMOKE else config["shipped_results_dir"] if SHIPPED
+           else config["results_dir"])
 SHARDS = config["shards"]
 
 # Flags of the GPU-side commands (kernels.build and experiments.run).
