@@ -41,8 +41,9 @@ def default_tiles(kind: str, head_dim: int, ctas_per_sm: int = 2) -> Tiles:
     Residency on Hopper (65536 registers, 227 KB shared memory per SM), from the sm_90 compile of
     the fused kernel at head dim 128: 2 CTAs/SM = 128x64 prefill tiles, 8 warps, 2 stages, capped
     at 128 registers (96 KB shared each); 4 CTAs/SM = 64x32 tiles, 4 warps, 2 stages, 128
-    registers (48 KB each at 2 stages; 3 stages measured faster, results/pod_knobs, although shared
-    memory then admits 3 CTAs). Without the cap the compiler takes ~200 registers and only one
+    registers, 48 KB each at 2 stages. The default is 3 stages, faster on the sampled figure-11
+    batches (results/raw/pod_knobs), although its 70 KB admit only 3 such CTAs per SM: "4 CTAs/SM"
+    names the tile set, not the residency. Without the cap the compiler takes ~200 registers and only one
     8-warp CTA fits, which would leave nothing to co-locate."""
     big, small = head_dim >= 256, head_dim <= 64
     if kind == "prefill":
@@ -169,8 +170,8 @@ def _fixed_ratio(policy) -> tuple[int, int] | None:
 
 
 def policy_ratio(policy: str, n_prefill: int, n_decode: int, ctas_per_sm: int) -> tuple[int, int]:
-    """Tickets per SM given to prefill vs decode: 1:1, or proportional to their CTA counts within
-    the CTAs that share an SM (e.g. 3:1 with 4 CTAs per SM)."""
+    """Tickets per SM given to prefill vs decode: a fixed 'P:D' ('50:50' is 1:1), or proportional
+    to their CTA counts within the CTAs that share an SM (e.g. 3:1 with 4 CTAs per SM)."""
     if n_prefill == 0 or n_decode == 0:
         return 1, 1
     if policy != "proportional":
