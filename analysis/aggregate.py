@@ -79,25 +79,52 @@ def _int(value) -> int:
     return 0 if pd.isna(value) else int(value)
 
 
-def physical_limit_ms(batches: pd.DataFrame) -> pd.Series:
-    """Per row: max(bytes moved / HBM bandwidth, FLOPs / tensor peak) in ms, i.e. the time of a
-    perfect overlap of the memory-bound decode and the compute-bound prefill."""
+def work_and_peaks(batches: pd.DataFrame) -> pd.DataFrame:
+    """Per row: FLOPs and bytes moved of each part (useful work, as kernels.workload counts it)
+    and the GPU's peaks (NaN for an unknown GPU)."""
     # kernels.workload imports torch; importing it here keeps plotting and meta reading torch-free.
     from kernels.workload import BatchSpec, ModelShape
 
     gpu_names = batches["gpu_name"].astype(object).fillna("")  # CPU runs leave it empty; NaN keys would not match
     peaks = {name: gpu_peaks(name) for name in gpu_names.unique()}
-    limits = []
+    records = []
     for row, gpu_name in zip(batches.itertuples(), gpu_names):
         model = ModelShape(name=str(row.model), q_heads=_int(row.q_heads), kv_heads=_int(row.kv_heads),
                            head_dim=_int(row.head_dim))
         spec = BatchSpec(model=model, dtype=str(row.dtype), prefill_len=_int(row.prefill_len),
                          prefill_kv_len=_int(row.prefill_kv_len), decode_batch=_int(row.decode_batch),
                          decode_ctx=_int(row.decode_ctx), page_size=_int(row.page_size))
+        flops, moved = spec.flops(), spec.bytes_moved()
         bandwidth, flop_rate = peaks[gpu_name]
-        seconds = max(sum(spec.bytes_moved().values()) / bandwidth, sum(spec.flops().values()) / flop_rate)
-        limits.append(seconds * 1e3)
-    return pd.Series(limits, index=batches.index, dtype=float)
+        records.append({"flops_prefill": flops["prefill"], "flops_decode": flops["decode"],
+                        "bytes_prefill": moved["prefill"], "bytes_decode": moved["decode"],
+                        "peak_bytes_per_s": bandwidth, "peak_flops_per_s": flop_rate})
+    return pd.DataFrame.from_records(records, index=batches.index)
+
+
+def physical_limit_ms(batches: pd.DataFrame, work: pd.DataFrame | None = None) -> pd.Series:
+    """Per row: max(bytes moved / HBM bandwidth, FLOPs / tensor peak) in ms, i.e. the time of a
+    perfect overlap of the memory-bound decode and the compute-bound prefill."""
+    w = work_and_peaks(batches) if work is None else work
+    memory_s = (w["bytes_prefill"] + w["bytes_decode"]) / w["peak_bytes_per_s"]
+    compute_s = (w["flops_prefill"] + w["flops_decode"]) / w["peak_flops_per_s"]
+    return (np.maximum(memory_s, compute_s) * 1e3).astype(float)
+
+
+def method_parts(method: str, registered: str | None = None) -> tuple[str, ...]:
+    """The phases a method computes, from its (registered) name: FA_prefill -> ('prefill',)."""
+    m = _PART_NAME.search(registered or method)
+    return (m.group(1),) if m else ("prefill", "decode")
+
+
+def achieved_utilization(ms: pd.Series, work: pd.DataFrame, parts) -> tuple[pd.Series, pd.Series]:
+    """(compute %, memory %) of peak achieved by a method taking ``ms`` per row on ``parts``:
+    useful FLOPs and bytes over its time. No hardware counters: padding and recomputation count
+    as nothing, so this is a lower bound on what the units were busy with."""
+    seconds = ms / 1e3
+    flops = sum(work[f"flops_{p}"] for p in parts)
+    moved = sum(work[f"bytes_{p}"] for p in parts)
+    return (100 * flops / seconds / work["peak_flops_per_s"], 100 * moved / seconds / work["peak_bytes_per_s"])
 
 
 def _derived_status(status: pd.DataFrame) -> pd.Series:
@@ -141,7 +168,10 @@ def build_table(raw: pd.DataFrame, meta: dict) -> pd.DataFrame:
         total = ms[FILTER_TOTAL]
         kept = ms[FILTER_PARTS[0]].ge(fraction * total) & ms[FILTER_PARTS[1]].ge(fraction * total)
 
-    limit_ms = physical_limit_ms(batches)
+    work = work_and_peaks(batches)
+    limit_ms = physical_limit_ms(batches, work)
+    achieved = {m: achieved_utilization(ms[m], work, method_parts(m, meta.get("method_of", {}).get(m)))
+                for m in methods}
     peers = [m for m in BEST_PEERS if m in methods]
     columns = {
         **{f"ms_{m}": ms[m] for m in methods},
@@ -151,9 +181,23 @@ def build_table(raw: pd.DataFrame, meta: dict) -> pd.DataFrame:
         "limit_ms": limit_ms,
         **{f"speedup_{m}": ms[baseline] / ms[m] for m in methods},
         **{f"limit_fraction_{m}": limit_ms / ms[m] for m in methods},
+        **{f"achieved_compute_pct_{m}": achieved[m][0] for m in methods},
+        **{f"achieved_memory_pct_{m}": achieved[m][1] for m in methods},
     }
     table = pd.concat([batches, pd.DataFrame(columns, index=batches.index)], axis=1)
     return table.reset_index()
+
+
+def ncu_columns(profile: pd.DataFrame) -> pd.DataFrame:
+    """Long ncu CSV (experiments.profile) -> per row_key columns ``ncu_<metric>_<method>`` (metric
+    shortened to its base name, e.g. ncu_dram__throughput_POD) and ``ncu_status_<method>``."""
+    ok = profile[profile["status"] == "ok"].copy()
+    base = ok["metric"].str.split(".").str[0]
+    ok["column"] = base.where(base.str.startswith("ncu_"), "ncu_" + base) + "_" + ok["method"]
+    wide = ok.pivot_table(index="row_key", columns="column", values="value", aggfunc="first")
+    status = profile.groupby(["row_key", "method"])["status"].first().unstack("method")
+    status.columns = [f"ncu_status_{m}" for m in status.columns]
+    return pd.concat([wide, status], axis=1)
 
 
 def table_methods(table: pd.DataFrame) -> list[str]:
@@ -213,10 +257,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out-table", required=True, type=Path)
     ap.add_argument("--out-summary", required=True, type=Path)
     ap.add_argument("--smoke", action="store_true", help="apply the experiment's smoke overrides")
+    ap.add_argument("--ncu", type=Path, help="long ncu CSV of experiments.profile to join (optional)")
     args = ap.parse_args(argv)
 
     meta = read_meta(args.experiment, smoke=args.smoke)
     table = build_table(load_raw(args.raw), meta)
+    if args.ncu is not None:
+        table = table.join(ncu_columns(pd.read_csv(args.ncu)), on="row_key")
     summary = summarize(table, meta)
     for path, frame in ((args.out_table, table), (args.out_summary, summary)):
         path.parent.mkdir(parents=True, exist_ok=True)

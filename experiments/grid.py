@@ -198,7 +198,7 @@ def load_experiment(path, smoke: bool = False) -> Experiment:
     grid = None
     if "grid" in doc:
         grid = {**GRID_DEFAULTS, **doc["grid"]}
-        if isinstance(grid["decode_batch"], dict):
+        if isinstance(grid["decode_batch"], dict) and "memory_fill" in grid["decode_batch"]:
             grid["decode_batch"] = {"memory_fill": {**MEMORY_FILL_DEFAULTS, **grid["decode_batch"]["memory_fill"]}}
     return Experiment(name=doc["name"], path=path, description=doc.get("description", ""),
                       plot=doc.get("plot", "generic"), baseline=doc.get("baseline", ""), dtypes=dtypes,
@@ -229,6 +229,22 @@ def memory_fill_batches(model: ModelShape, dtype: str, context: int, fractions, 
     return out
 
 
+def sm_fill_batches(model: ModelShape, ctas_per_sm: int, extra, sm_count: int) -> list:
+    """Decode batch sizes whose decode CTAs (one per request and KV head, no split, as FlashAttention
+    launches them) fill exactly ``ctas_per_sm`` CTAs on every SM, plus each of ``extra`` requests
+    (e.g. [0, 1]: no wave quantization, then one more request's CTAs spilling into a new wave)."""
+    full = ctas_per_sm * sm_count // model.kv_heads
+    return [full + e for e in extra if full + e > 0]
+
+
+def device_sm_count() -> int | None:
+    """Streaming multiprocessors of the visible CUDA device 0, or None without CUDA."""
+    import torch
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).multi_processor_count)
+    return None
+
+
 def device_memory_bytes() -> float | None:
     """Total memory of the visible CUDA device 0, or None without CUDA."""
     import torch
@@ -247,9 +263,15 @@ def group_key(spec: BatchSpec) -> str:
             f"|d{spec.decode_batch}x{spec.decode_ctx}|ps{spec.page_size}")
 
 
-def _grid_specs(exp: Experiment, gpu_memory_bytes):
+def _grid_specs(exp: Experiment, gpu_memory_bytes, sm_count):
     g = exp.grid
     fill = g["decode_batch"].get("memory_fill") if isinstance(g["decode_batch"], dict) else None
+    sm_fill = g["decode_batch"].get("sm_fill") if isinstance(g["decode_batch"], dict) else None
+    if sm_fill is not None:
+        sm_count = sm_fill.get("sm_count") or sm_count or device_sm_count()
+        if sm_count is None:
+            raise ExperimentError(f"{exp.path}: grid.decode_batch.sm_fill needs the SM count: no CUDA device "
+                                  f"here; set grid.decode_batch.sm_fill.sm_count (e.g. 132 for an H100 SXM)")
     mem = None
     if fill is not None:
         mem = gpu_memory_bytes
@@ -275,6 +297,8 @@ def _grid_specs(exp: Experiment, gpu_memory_bytes):
                         if not batches:
                             raise ExperimentError(f"{exp.path}: model {model.name} ({dtype}) leaves no memory for "
                                                   f"decodes of context {ctx} with {mem / 1e9:.1f} GB")
+                    elif sm_fill is not None:
+                        batches = sm_fill_batches(model, sm_fill["ctas_per_sm"], sm_fill["extra"], sm_count)
                     else:
                         batches = list(dict.fromkeys(g["decode_batch"]))
                     n = ctx // cs
@@ -307,12 +331,13 @@ def _config_specs(exp: Experiment):
                 yield ci, spec
 
 
-def expand(exp: Experiment, gpu_memory_bytes: float | None = None) -> list:
+def expand(exp: Experiment, gpu_memory_bytes: float | None = None, sm_count: int | None = None) -> list:
     """All rows of the experiment (grid first, then configs), group-contiguous, deterministic order.
-    ``gpu_memory_bytes`` sizes memory-filling decode batches (default: YAML pin, else the CUDA device)."""
+    ``gpu_memory_bytes`` sizes memory-filling decode batches and ``sm_count`` SM-filling ones
+    (default for both: the YAML's pin, else the CUDA device)."""
     items = []
     if exp.grid is not None:
-        items += list(_grid_specs(exp, gpu_memory_bytes))
+        items += list(_grid_specs(exp, gpu_memory_bytes, sm_count))
     items += list(_config_specs(exp))
     by_group: dict = {}
     for ci, spec in items:

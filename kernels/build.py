@@ -107,14 +107,15 @@ def summarize(per_shape: dict) -> dict:
 
 def build(experiment_path: str, device: torch.device, smoke: bool) -> dict:
     """Warm all methods of the experiment on ``device``; returns the marker document."""
-    from experiments.grid import device_memory_bytes, expand, load_experiment
+    from experiments.grid import device_memory_bytes, device_sm_count, expand, load_experiment
 
     env = set_build_env(device)
     exp = load_experiment(experiment_path, smoke=smoke)
-    # Only the shapes matter here, not the memory-filling decode batch sizes: without a GPU any
-    # memory size (80 GB, the paper's) expands the grid.
-    gpu_memory = device_memory_bytes() if device.type == "cuda" else None
-    rows = expand(exp, gpu_memory_bytes=gpu_memory or 80e9)
+    # Only the shapes matter here, not the memory- or SM-filling decode batch sizes: without a GPU
+    # any memory size (80 GB, the paper's) and SM count (the paper's 108) expands the grid.
+    cuda = device.type == "cuda"
+    rows = expand(exp, gpu_memory_bytes=(device_memory_bytes() if cuda else None) or 80e9,
+                  sm_count=(device_sm_count() if cuda else None) or 108)
     registry = load_all()
     batches = []
     for spec in warm_specs(rows):

@@ -53,6 +53,12 @@ class Method:
         if missing:
             raise MethodUnavailable(f"this batch has no {' or '.join(missing)} part")
 
+    def checked_parts(self, batch: HybridBatch) -> tuple:
+        """The parts this method computes that ``batch`` has (what its check compares): a fused
+        method on a prefill-only or decode-only batch computes just that part."""
+        has = {"prefill": batch.spec.has_prefill, "decode": batch.spec.has_decode}
+        return tuple(p for p in self.parts if has[p])
+
     def prepare(self, batch: HybridBatch) -> Callable[[], Outputs]:
         """Plan for ``batch`` and return the callable to check and time. May raise MethodUnavailable."""
         raise NotImplementedError

@@ -31,7 +31,11 @@ def test_figure11_counts():
     assert exp.baseline == "FA_Serial" and exp.plot == "figure11"
     assert exp.timing == {"warmup": 1, "repeats": 3, "calls": 3, "l2_flush": False, "cuda_graph": False}
     assert exp.filter == {"min_part_fraction": 0.2}
-    assert len(exp.methods) == 12 and exp.methods[-1].label == "POD"
+    labels = [m.label for m in exp.methods]
+    assert labels[-1] == "POD" and len(set(labels)) == len(labels)
+    assert {"FA_prefill", "FA_decode", "FA_BackToBack", "FA_Streams", "FI_prefill_auto", "FI_prefill_fa2",
+            "FI_decode", "FI_Batched_fa2", "FI_Batched_auto", "FI_POD", "OURS_Serial", "OURS_Streams",
+            "OURS_CTA"} <= set(labels)
     # groups are contiguous and each allocates the context as prefill KV capacity
     for gk, grows in G.groups(rows):
         s = grows[0].spec

@@ -7,6 +7,7 @@ rule aggregate:
     input:
         experiment="experiments/{exp}.yaml",
         raw=raw_csvs,
+        ncu=ncu_csv,
     output:
         table=f"{RESULTS}/tables/{{exp}}.csv",
         summary=f"{RESULTS}/tables/{{exp}}_summary.csv",
@@ -14,8 +15,9 @@ rule aggregate:
         f"{RESULTS}/logs/aggregate/{{exp}}.log",
     params:
         flags=SMOKE_FLAG,
+        ncu=lambda wildcards, input: f"--ncu {input.ncu}" if input.ncu else "",
     conda:
         "../envs/harness.yaml"
     shell:
         "python -m analysis.aggregate --experiment {input.experiment} --raw {input.raw} "
-        "--out-table {output.table} --out-summary {output.summary} {params.flags} > {log} 2>&1"
+        "--out-table {output.table} --out-summary {output.summary} {params.flags} {params.ncu} > {log} 2>&1"

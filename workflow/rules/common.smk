@@ -55,6 +55,25 @@ def raw_csvs(wildcards):
     return [f"{RESULTS}/raw/{wildcards.exp}/shard-{i}-of-{SHARDS}.csv" for i in range(SHARDS)]
 
 
+def has_profile(exp):
+    """True when experiments/<exp>.yaml asks for an Nsight Compute profile (profile: section)."""
+    import yaml
+
+    with open(f"experiments/{exp}.yaml") as f:
+        return bool((yaml.safe_load(f) or {}).get("profile"))
+
+
+def ncu_csv(wildcards):
+    """Optional input of aggregate: the ncu profile. Smoke runs have no GPU counters; shipped
+    results use it when it was committed."""
+    path = f"{RESULTS}/raw/{wildcards.exp}/ncu/profile.csv"
+    if SMOKE or not has_profile(wildcards.exp):
+        return []
+    if SHIPPED and not Path(path).exists():
+        return []
+    return [path]
+
+
 def experiment_targets(exp):
     """Final files of one experiment: its table, summary and figure."""
     return [

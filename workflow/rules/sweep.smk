@@ -18,3 +18,22 @@ rule sweep_shard:
         # the rerun resumes from it (experiments.run skips rows already there).
         "python -m experiments.run {input.experiment} --shard {wildcards.i}/{wildcards.n} "
         "--out {output}.partial {params.flags} > {log} 2>&1 && mv {output}.partial {output}"
+
+
+rule profile_ncu:
+    """Nsight Compute counters of one call per (hybrid batch, method), for experiments with a
+    profile: section (one GPU job; every call in a child process under ncu)."""
+    input:
+        experiment="experiments/{exp}.yaml",
+        build=f"{RESULTS}/build/{{exp}}.json",
+    output:
+        f"{RESULTS}/raw/{{exp}}/ncu/profile.csv",
+    log:
+        f"{RESULTS}/logs/profile/{{exp}}.log",
+    resources:
+        gpu=1,
+    conda:
+        "../envs/harness.yaml"
+    shell:
+        "python -m experiments.profile {input.experiment} --out {output}.partial --no-progress > {log} 2>&1 "
+        "&& mv {output}.partial {output}"

@@ -1,0 +1,65 @@
+"""Figure 1: compute and memory utilization of prefill, decode and fused kernels; runtimes of the
+hybrid batches C0-C2 normalized to FlashAttention prefill + decode."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from figures.common import FONT_SIZE, machine_line
+from figures.utilization import source_note, utilization
+
+HYBRID_KERNELS = ["FA_prefill", "FA_decode", "FI_prefill_auto", "FI_decode", "FI_POD", "POD"]
+RUNTIME_METHODS = ["FA_Serial", "FI_Serial", "FI_POD", "OURS_Serial", "POD"]
+
+
+def _bars(ax, labels, compute, memory, title):
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, compute, 0.4, label="compute", color="tab:red")
+    ax.bar(x + 0.2, memory, 0.4, label="memory bandwidth", color="tab:blue")
+    ax.set_xticks(x, labels, rotation=40, ha="right", fontsize=FONT_SIZE - 3)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=FONT_SIZE)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
+    """Left: utilization bars (prefill alone by context, decode alone by batch, each kernel on each
+    hybrid batch). Right: hybrid batch runtimes over FA_Serial."""
+    prefill = table[(table["decode_batch"] == 0) & (table["prefill_len"] > 0)].sort_values("prefill_len")
+    decode = table[(table["prefill_len"] == 0) & (table["decode_batch"] > 0)].sort_values("decode_batch")
+    hybrid = table[(table["prefill_len"] > 0) & (table["decode_batch"] > 0)].sort_values("prefill_len")
+    names = [f"C{i}" for i in range(len(hybrid))]
+    sources = []
+    with plt.rc_context({"font.size": FONT_SIZE}):
+        fig, axes = plt.subplots(1, 2 + len(hybrid), figsize=(5 * (2 + len(hybrid)), 6), layout="constrained",
+                                 gridspec_kw={"width_ratios": [1, 1] + [1.2] * len(hybrid)}, squeeze=False)
+        axes = list(axes[0])
+        c, m, s = utilization(prefill, "FA_prefill")
+        sources.append(s)
+        _bars(axes[0], [f"{int(v) // 1024}K" for v in prefill["prefill_len"]], c, m, "FA prefill alone (context)")
+        c, m, s = utilization(decode, "FA_decode")
+        sources.append(s)
+        _bars(axes[1], [f"bs {int(v)}" for v in decode["decode_batch"]], c, m,
+              f"FA decode alone (context {int(decode['decode_ctx'].iloc[0]) if len(decode) else 0})")
+        axes[0].set_ylabel("utilization (% of peak)")
+        for ax, name, (_, row) in zip(axes[2:], names, hybrid.iterrows()):
+            one = pd.DataFrame([row])
+            kernels = [k for k in HYBRID_KERNELS if f"ms_{k}" in one]
+            cs, ms = [], []
+            for k in kernels:
+                c, m, s = utilization(one, k)
+                cs.append(float(c.iloc[0]))
+                ms.append(float(m.iloc[0]))
+                sources.append(s)
+            _bars(ax, kernels, cs, ms, f"{name}: prefill {int(row['prefill_len'])}/{int(row['prefill_kv_len'])}, "
+                                       f"{int(row['decode_batch'])}x{int(row['decode_ctx'])}")
+            runtime = [(k, row.get(f"ms_{k}", np.nan) / row["ms_FA_Serial"]) for k in RUNTIME_METHODS
+                       if f"ms_{k}" in one]
+            text = "\n".join(f"{k}: {v:.2f}" for k, v in runtime if np.isfinite(v))
+            ax.text(0.98, 0.97, "time / FA_Serial\n" + text, transform=ax.transAxes, ha="right", va="top",
+                    fontsize=FONT_SIZE - 4, family="monospace",
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "lightgray"})
+        axes[0].legend(fontsize=FONT_SIZE - 3, loc="upper left")
+        fig.suptitle(f"{table['model'].iloc[0]}: {machine_line(table)}\n{source_note(sources)}", fontsize=FONT_SIZE - 1)
+    return fig
