@@ -32,18 +32,20 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
     names = [f"C{i}" for i in range(len(hybrid))]
     sources = []
     with plt.rc_context({"font.size": FONT_SIZE}):
-        fig, axes = plt.subplots(1, 2 + len(hybrid), figsize=(5 * (2 + len(hybrid)), 6), layout="constrained",
-                                 gridspec_kw={"width_ratios": [1, 1] + [1.2] * len(hybrid)}, squeeze=False)
-        axes = list(axes[0])
+        top = ["prefill", "decode", *names]
+        fig, axd = plt.subplot_mosaic([top, ["runtime"] * len(top)], figsize=(5 * len(top), 11),
+                                      layout="constrained", height_ratios=[1.2, 1])
         c, m, s = utilization(prefill, "FA_prefill")
         sources.append(s)
-        _bars(axes[0], [f"{int(v) // 1024}K" for v in prefill["prefill_len"]], c, m, "FA prefill alone (context)")
+        _bars(axd["prefill"], [f"{int(v) // 1024}K" for v in prefill["prefill_len"]], c, m,
+              "FA prefill alone (context)")
         c, m, s = utilization(decode, "FA_decode")
         sources.append(s)
-        _bars(axes[1], [f"bs {int(v)}" for v in decode["decode_batch"]], c, m,
+        _bars(axd["decode"], [f"bs {int(v)}" for v in decode["decode_batch"]], c, m,
               f"FA decode alone (context {int(decode['decode_ctx'].iloc[0]) if len(decode) else 0})")
-        axes[0].set_ylabel("utilization (% of peak)")
-        for ax, name, (_, row) in zip(axes[2:], names, hybrid.iterrows()):
+        axd["prefill"].set_ylabel("utilization (% of peak)")
+        axd["prefill"].legend(fontsize=FONT_SIZE - 3, loc="upper left")
+        for name, (_, row) in zip(names, hybrid.iterrows()):
             one = pd.DataFrame([row])
             kernels = [k for k in HYBRID_KERNELS if f"ms_{k}" in one]
             cs, ms = [], []
@@ -52,14 +54,22 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
                 cs.append(float(c.iloc[0]))
                 ms.append(float(m.iloc[0]))
                 sources.append(s)
-            _bars(ax, kernels, cs, ms, f"{name}: prefill {int(row['prefill_len'])}/{int(row['prefill_kv_len'])}, "
-                                       f"{int(row['decode_batch'])}x{int(row['decode_ctx'])}")
-            runtime = [(k, row.get(f"ms_{k}", np.nan) / row["ms_FA_Serial"]) for k in RUNTIME_METHODS
-                       if f"ms_{k}" in one]
-            text = "\n".join(f"{k}: {v:.2f}" for k, v in runtime if np.isfinite(v))
-            ax.text(0.98, 0.97, "time / FA_Serial\n" + text, transform=ax.transAxes, ha="right", va="top",
-                    fontsize=FONT_SIZE - 4, family="monospace",
-                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "lightgray"})
-        axes[0].legend(fontsize=FONT_SIZE - 3, loc="upper left")
+            _bars(axd[name], kernels, cs, ms, f"{name}: prefill {int(row['prefill_len'])}/{int(row['prefill_kv_len'])}, "
+                                             f"{int(row['decode_batch'])}x{int(row['decode_ctx'])}")
+
+        ax = axd["runtime"]
+        methods = [k for k in RUNTIME_METHODS if f"ms_{k}" in hybrid]
+        width = 0.8 / max(len(methods), 1)
+        x = np.arange(len(hybrid))
+        for i, k in enumerate(methods):
+            rel = (hybrid[f"ms_{k}"] / hybrid["ms_FA_Serial"]).to_numpy(dtype=float)
+            bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, rel, width, label=k)
+            ax.bar_label(bars, [f"{v:.2f}" for v in rel], fontsize=FONT_SIZE - 4, padding=2)
+        ax.set_xticks(x, names)
+        ax.set_ylabel("runtime / FA_Serial")
+        ax.set_title("Hybrid batches: runtime normalized to FlashAttention prefill + decode (serial)",
+                     fontsize=FONT_SIZE)
+        ax.legend(fontsize=FONT_SIZE - 3, ncols=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.08))
+        ax.grid(axis="y", alpha=0.3)
         fig.suptitle(f"{table['model'].iloc[0]}: {machine_line(table)}\n{source_note(sources)}", fontsize=FONT_SIZE - 1)
     return fig

@@ -10,6 +10,7 @@ from figures.common import FONT_SIZE, machine_line
 from figures.utilization import source_note, utilization
 
 TILE = re.compile(r"_q(\d+)$")
+TENSOR_PIPE = "ncu_sm__pipe_tensor_op_hmma_cycles_active"
 
 
 def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
@@ -29,8 +30,11 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
                 ms.append(float(b.iloc[0]))
                 sources.append(src)
             label = f"batch {int(row['decode_batch'])}"
-            comp.plot(tiles, cs, "o-", label=label)
+            line, = comp.plot(tiles, cs, "o-", label=label)
             mem.plot(tiles, ms, "o-", label=label)
+            tensor = [row.get(f"{TENSOR_PIPE}_{m}") for m in methods]
+            if all(v is not None and pd.notna(v) for v in tensor):
+                comp.plot(tiles, tensor, "x--", color=line.get_color(), label=f"{label}: tensor pipe (ncu)")
         for ax, what in ((comp, "compute"), (mem, "memory bandwidth")):
             ax.set_xscale("log", base=2)
             ax.set_xticks(tiles, [str(t) for t in tiles])

@@ -190,3 +190,35 @@ def test_duplicate_rows_rejected(tmp_path):
     """)
     with pytest.raises(G.ExperimentError, match="appears twice"):
         G.expand(G.load_experiment(p))
+
+
+def test_sm_fill_batches_follow_the_sm_count(tmp_path, monkeypatch):
+    p = write(tmp_path, """\
+        name: t
+        models: [yi-6b]
+        grid: {chunk_size: [512], context_len: [16384], chunk_index: [0], decode_batch: {sm_fill: {ctas_per_sm: 2, extra: [0, 1]}}}
+        methods: [A]
+    """)
+    exp = G.load_experiment(p)
+    # yi-6b: 4 KV heads; the paper's 54 and 55 decodes on 108 SMs, 66 and 67 on 132
+    assert sorted({r.spec.decode_batch for r in G.expand(exp, sm_count=108)}) == [54, 55]
+    assert sorted({r.spec.decode_batch for r in G.expand(exp, sm_count=132)}) == [66, 67]
+    monkeypatch.setattr(G, "device_sm_count", lambda: None)
+    with pytest.raises(G.ExperimentError, match="sm_fill.sm_count"):
+        G.expand(exp)
+    pinned = write(tmp_path, open(p).read().replace("extra: [0, 1]}", "extra: [0], sm_count: 80}"))
+    assert {r.spec.decode_batch for r in G.expand(G.load_experiment(pinned))} == {40}
+    bad = write(tmp_path, open(p).read().replace("ctas_per_sm: 2", "ctas_per_sm: 0"))
+    with pytest.raises(G.ExperimentError, match="sm_fill.ctas_per_sm"):
+        G.load_experiment(bad)
+
+
+def test_every_shipped_experiment_loads():
+    import glob
+
+    for path in sorted(glob.glob("experiments/*.yaml")):
+        if path.endswith("models.yaml"):
+            continue
+        for smoke in (False, True):
+            exp = G.load_experiment(path, smoke=smoke)
+            assert G.expand(exp, gpu_memory_bytes=80e9, sm_count=132), path
