@@ -2,7 +2,7 @@
 # Every experiments/<name>.yaml (but models.yaml) is an experiment with a target of the same name.
 PYTHON    ?= python
 SNAKEMAKE ?= $(PYTHON) -m snakemake --profile profiles/local
-EXPERIMENTS := $(filter-out models,$(basename $(notdir $(wildcard experiments/*.yaml))))
+EXPERIMENTS := $(filter-out models,$(basename $(notdir $(wildcard experiments/*.yaml)))) figure7
 
 .PHONY: all figures smoke test install lint help $(EXPERIMENTS)
 

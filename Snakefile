@@ -29,12 +29,13 @@ if not config["use_shipped_results"]:
 
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plot.smk"
+include: "workflow/rules/microbench.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_targets(),
+        all_targets() + microbench_targets(),
 
 
 onstart:

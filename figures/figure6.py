@@ -6,7 +6,7 @@ import pandas as pd
 
 from figures.common import FONT_SIZE, machine_line
 
-# (method, style): the paper's four first, then our other runs and FlashInfer for context.
+# (method, style): the paper's four first, then our serial launches and FlashInfer when measured.
 LINES = [("FA_Serial", "k-"), ("FA_Streams", "-"), ("HFuse", "-"), ("POD", "-"),
          ("OURS_Serial", ":"), ("FI_Serial", "--"), ("FI_POD", "--")]
 

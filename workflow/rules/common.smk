@@ -102,7 +102,7 @@ def require_gpu_if_needed():
     """
     if SMOKE or SHIPPED or not config["device"].startswith("cuda") or not workflow.local_exec:
         return
-    if not any(job.rule.name in ("build", "sweep_shard") for job in workflow.dag.needrun_jobs()):
+    if not any(job.rule.name in ("build", "sweep_shard", "profile_ncu", "run_microbench") for job in workflow.dag.needrun_jobs()):
         return
     import torch
 
