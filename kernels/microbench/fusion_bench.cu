@@ -159,6 +159,8 @@ struct Bench {
   void restore() {
     CHECK(cudaMemcpy(p.c, c0, mem_elems * sizeof(float), cudaMemcpyDeviceToDevice));
     CHECK(cudaMemcpy(p.d, d0, comp_elems * sizeof(float), cudaMemcpyDeviceToDevice));
+    // device-to-device copies do not wait on the host, and s1/s2 do not wait on the legacy stream
+    CHECK(cudaDeviceSynchronize());
   }
 
   void launch(const std::string& v) {
