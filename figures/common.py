@@ -7,7 +7,7 @@ FONT_SIZE = 13
 
 # Peers first, then our kernels; anything else present goes after these, in table order.
 METHOD_ORDER = ["FA_BackToBack", "FA_Streams", "FI_Serial", "FI_Serial_fa2", "FI_Batched_fa2", "FI_Batched_auto", "FI_POD",
-                "FA_HFuse", "OURS_Serial", "OURS_Streams", "OURS_CTA", "POD"]
+                "HFuse", "OURS_Serial", "OURS_Streams", "OURS_CTA", "POD"]
 
 BASELINE_LABELS = {"FA_Serial": "FlashAttention-2 serial"}
 

@@ -1,4 +1,5 @@
 import glob
+import shutil
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -118,3 +119,22 @@ for _exp in EXPERIMENTS:
             _exp
         input:
             experiment_targets(_exp),
+
+
+# Figure 7: the fusion micro-benchmark (workflow/rules/microbench.smk).
+FIG7_CONFIG = "experiments/microbench/figure7.yaml"
+FIG7_SOURCE = "kernels/microbench/fusion_bench.cu"
+
+
+def microbench_targets():
+    """Targets of figure7: the table and figure; in smoke runs (no GPU) only a compile check of
+    the CUDA source, and nothing when this machine has no nvcc."""
+    if SMOKE:
+        if shutil.which("nvcc") is None:
+            logger.warning("figure7: no nvcc here, the micro-benchmark is not even compiled in this smoke run")
+            return []
+        return [f"{RESULTS}/build/fusion_bench"]
+    if SHIPPED and not Path(f"{RESULTS}/raw/figure7/figure7.csv").exists():
+        logger.warning("no shipped results for figure7: skipped")
+        return []
+    return [f"{RESULTS}/tables/figure7.csv", f"{RESULTS}/tables/figure7_summary.csv", f"{RESULTS}/figures/figure7.png"]

@@ -1,25 +1,5 @@
 # Figure 7: the fusion micro-benchmark (CUDA C++, kernels/microbench/fusion_bench.cu), its own
 # build -> run -> aggregate -> plot chain beside the attention experiments.
-import shutil
-
-FIG7_CONFIG = "experiments/microbench/figure7.yaml"
-FIG7_SOURCE = "kernels/microbench/fusion_bench.cu"
-
-
-def microbench_targets():
-    """Targets of figure7: the table and figure; in smoke runs (no GPU) only a compile check of
-    the CUDA source, and nothing when this machine has no nvcc."""
-    if SMOKE:
-        if shutil.which("nvcc") is None:
-            logger.warning("figure7: no nvcc here, the micro-benchmark is not even compiled in this smoke run")
-            return []
-        return [f"{RESULTS}/build/fusion_bench"]
-    if SHIPPED and not Path(f"{RESULTS}/raw/figure7/figure7.csv").exists():
-        logger.warning("no shipped results for figure7: skipped")
-        return []
-    return [f"{RESULTS}/tables/figure7.csv", f"{RESULTS}/tables/figure7_summary.csv", f"{RESULTS}/figures/figure7.png"]
-
-
 if not SHIPPED:
 
     rule build_microbench:
@@ -34,6 +14,8 @@ if not SHIPPED:
         params:
             arch=("-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90" if SMOKE else
                   "-arch=sm_$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)"),
+        conda:
+            "../envs/nvcc.yaml"
         shell:
             "nvcc -O3 {params.arch} -o {output} {input} > {log} 2>&1"
 

@@ -1,0 +1,6 @@
+"""HFuse-style warp-parallel fused prefill+decode attention, built in Triton's Gluon.
+
+kernel.py: the Gluon kernel (prefill in warps 0-3, decode in warps 4-7 of every CTA, each group on
+its own named barrier); launch.py: tiles, split planning from the SM count, launch and merge.
+"""
+from .launch import HFuseConfig, HFusePlan, HFuseTiles, make_plan  # noqa: F401
