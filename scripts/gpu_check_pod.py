@@ -36,11 +36,14 @@ VARIANTS = {
     "POD": {}, "POD_2cta": {"ctas_per_sm": 2}, "POD_4cta": {"ctas_per_sm": 4},
     "POD_5050": {"policy": "50:50"}, "POD_vanilla_split": {"prefill_split": "vanilla"},
     "POD_v1": {"virtual_decode_ctas": 1}, "POD_paged": {"kv_layout": "paged"},
+    "OURS_prefill_ptr": {"prefill_loads": "pointer"}, "OURS_Serial_ptr": {"prefill_loads": "pointer"},
+    "POD_ptr": {"prefill_loads": "pointer"},
 }
+BASES = ("OURS_prefill", "OURS_decode", "OURS_Serial", "OURS_Streams", "OURS_CTA", "POD")
 
 
 def run_one(name, opts, batch, ref, timing):
-    base = name if name in ("OURS_prefill", "OURS_decode", "OURS_Serial", "OURS_Streams", "OURS_CTA") else "POD"
+    base = next(b for b in BASES if name == b or name.startswith(b + "_"))
     m = create(base, **opts)
     t0 = time.time()
     fn = m.prepare(batch)
@@ -71,9 +74,9 @@ def main():
             spec = BatchSpec(ModelShape("odd", hq, hkv, d), dt, lq, lk, bs, cl, page_size=16)
             batch = HybridBatch.allocate(spec, dev)
             ref = reference_outputs(batch)
-            for name in ("OURS_prefill", "OURS_decode", "OURS_Serial", "OURS_Streams", "OURS_CTA", "POD"):
+            for name in BASES + ("OURS_prefill_ptr", "POD_ptr"):
                 try:
-                    r = run_one(name, opts, batch, ref, None)
+                    r = run_one(name, {**opts, **VARIANTS.get(name, {})}, batch, ref, None)
                 except Exception as e:  # keep going: the table says what broke
                     r = dict(method=name, ok=False, reason=repr(e)[:300])
                 r.update(config=f"odd {hq}/{hkv} d{d} {dt} {lq}@{lk}+{bs}x{cl} {opts}")
@@ -100,7 +103,7 @@ def main():
                 r = dict(method=name, ok=False, reason=repr(e)[:300])
             r.update(config=cname, limit_ms=limit_ms)
             if "median_ms" in r:
-                if name == "OURS_prefill":
+                if name.startswith("OURS_prefill"):
                     r["rate"] = f"{fl['prefill'] / r['median_ms'] / 1e9:.0f} TFLOP/s"
                 elif name == "OURS_decode":
                     r["rate"] = f"{by['decode'] / r['median_ms'] / 1e9:.2f} TB/s"

@@ -50,6 +50,10 @@ SHAPES = [
     (5, 1, 64, "float16", 19, 50, 2, 33, {"prefill_split": 3, "decode_split": 2}),
     (6, 2, 256, "float16", 9, 45, 3, 29, {"ctas_per_sm": 4, "kv_layout": "paged", "policy": "50:50"}),
     (8, 2, 128, "bfloat16", 33, 70, 7, 18, {"ctas_per_sm": 2, "virtual_decode_ctas": 4, "decode_split": 3}),
+    # prefill K/V through tensor descriptors: rows past the chunk's KV come back as zeros
+    (6, 2, 64, "bfloat16", 37, 101, 3, 29, {"prefill_loads": "tma"}),
+    (10, 2, 128, "float16", 21, 83, 2, 17, {"prefill_loads": "tma", "prefill_split": 2, "ctas_per_sm": 4}),
+    (3, 3, 256, "float16", 17, 40, 2, 20, {"prefill_loads": "tma", "ctas_per_sm": 2}),
 ]
 
 
@@ -147,3 +151,17 @@ def test_plan_knobs():
         PodConfig(ctas_per_sm=3)
     with pytest.raises(ValueError, match="policy"):
         PodConfig(policy="round-robin")
+
+
+def test_prefill_loads_knob():
+    spec = BatchSpec(ModelShape("t", 16, 4, 128), prefill_len=1024, prefill_kv_len=12288, decode_batch=80,
+                     decode_ctx=12288)
+    assert make_plan(spec, 3, 132, PodConfig(), tma_capable=True).prefill_tma
+    assert not make_plan(spec, 3, 132, PodConfig(), tma_capable=False).prefill_tma
+    assert not make_plan(spec, 3, 132, PodConfig(kv_layout="paged"), tma_capable=True).prefill_tma
+    assert not make_plan(spec, 0, 132, PodConfig(prefill_loads="pointer"), tma_capable=True).prefill_tma
+    assert make_plan(spec, 0, 132, PodConfig(prefill_loads="tma")).prefill_tma
+    with pytest.raises(ValueError, match="dense"):
+        PodConfig(prefill_loads="tma", kv_layout="paged")
+    with pytest.raises(ValueError, match="prefill_loads"):
+        PodConfig(prefill_loads="bulk")

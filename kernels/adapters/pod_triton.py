@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, interpreting, num_sms,
-                                prepare_launch, prepare_serial)
+                                prepare_launch, prepare_serial, tma_capable)
 from kernels.pod.plan import PodConfig, make_plan
 from kernels.registry import Method, register
 
@@ -34,7 +34,7 @@ class _TritonPod(Method):
         return None
 
     def _plan(self, batch, mode, kind=None):
-        return make_plan(batch.spec, mode, num_sms(batch.device), self.config, kind)
+        return make_plan(batch.spec, mode, num_sms(batch.device), self.config, kind, tma_capable(batch.device))
 
     def prepare(self, batch):
         paged = self.config.kv_layout == "paged"
@@ -50,10 +50,12 @@ class _TritonPod(Method):
         """impl names the plan of the last prepared batch, e.g. 'triton cps2 split 1/1 V2 ratio 1:1'."""
         p = self.last_plan
         if not p or "mode" not in p:
-            return {"impl": "triton", "plan": p}
+            tma = " tma" if p.get("prefill", {}).get("prefill_tma") else ""
+            return {"impl": "triton" + tma, "plan": p}
         t = p["tiles"]
         impl = (f"triton cps{p['ctas_per_sm']} tiles {t['block_m']}x{t['block_n']}/{t['decode_rows']}x{t['decode_n']} "
-                f"split {p['n_splits_p']}/{p['n_splits_d']} V{t['virtual']} ratio {p['prefill_ratio']}:{p['decode_ratio']}")
+                f"split {p['n_splits_p']}/{p['n_splits_d']} V{t['virtual']} ratio {p['prefill_ratio']}:{p['decode_ratio']}"
+                f"{' tma' if p.get('prefill_tma') else ''}")
         return {"impl": impl, "plan": p}
 
 

@@ -36,23 +36,27 @@ def _kv_rows(pos, page_row_ptr, page_size, s_page, s_tok, PAGED: tl.constexpr):
 
 
 @triton.jit
-def _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, bt_row, page_size, Lq, Lk,
+def _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, kv_col, bt_row, page_size, Lq, Lk,
                    s_kp, s_kt, s_vp, s_vt, qk_scale,
                    D: tl.constexpr, BN: tl.constexpr, PAGED: tl.constexpr, MASK: tl.constexpr,
-                   CAUSAL: tl.constexpr, F32_DOT: tl.constexpr):
+                   CAUSAL: tl.constexpr, F32_DOT: tl.constexpr, TMA: tl.constexpr):
     offs_n = nb * BN + tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     n_ok = offs_n < Lk
-    if MASK:
-        pos = tl.where(n_ok, offs_n, 0)
+    if TMA:
+        # k_base/v_base are (Lk, Hkv*D) tensor descriptors: the copy engine fills rows past Lk with zeros
+        kT = k_base.load([nb * BN, kv_col]).T
     else:
-        pos = offs_n
-    rows_k = _kv_rows(pos, bt_row, page_size, s_kp, s_kt, PAGED)
-    rows_v = _kv_rows(pos, bt_row, page_size, s_vp, s_vt, PAGED)
-    if MASK:
-        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None], mask=n_ok[None, :], other=0.0)
-    else:
-        kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None])
+        if MASK:
+            pos = tl.where(n_ok, offs_n, 0)
+        else:
+            pos = offs_n
+        rows_k = _kv_rows(pos, bt_row, page_size, s_kp, s_kt, PAGED)
+        rows_v = _kv_rows(pos, bt_row, page_size, s_vp, s_vt, PAGED)
+        if MASK:
+            kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None], mask=n_ok[None, :], other=0.0)
+        else:
+            kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None])
     s = _dot(q, kT, F32_DOT) * qk_scale
     if MASK:
         ok = n_ok[None, :]
@@ -66,7 +70,9 @@ def _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, bt_row, page_si
     p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if MASK:
+    if TMA:
+        v = v_base.load([nb * BN, kv_col])
+    elif MASK:
         v = tl.load(v_base + rows_v[:, None] + offs_d[None, :], mask=n_ok[:, None], other=0.0)
     else:
         v = tl.load(v_base + rows_v[:, None] + offs_d[None, :])
@@ -79,8 +85,9 @@ def _prefill_tile(tile, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr,
                   Lq, Lk, H, GROUP, n_mblocks, n_splits, page_size,
                   s_qt, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ot, s_oh, qk_scale,
                   D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, PAGED: tl.constexpr,
-                  CAUSAL: tl.constexpr, F32_DOT: tl.constexpr):
-    """One prefill logical CTA: BM query rows of one head over one KV split."""
+                  CAUSAL: tl.constexpr, F32_DOT: tl.constexpr, TMA: tl.constexpr):
+    """One prefill logical CTA: BM query rows of one head over one KV split. With TMA, ``k_ptr`` and
+    ``v_ptr`` are tensor descriptors of the dense (Lk, Hkv*D) KV."""
     split = tile % n_splits
     t = tile // n_splits
     h = t % H
@@ -102,17 +109,25 @@ def _prefill_tile(tile, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr,
     lo = split * per_split
     hi = tl.minimum(lo + per_split, n_blocks)
     full_blocks = full_end // BN
-    k_base = k_ptr + kvh * s_kh
-    v_base = v_ptr + kvh * s_vh
+    if TMA:
+        k_base = k_ptr
+        v_base = v_ptr
+        kv_col = kvh * D
+    else:
+        k_base = k_ptr + kvh * s_kh
+        v_base = v_ptr + kvh * s_vh
+        kv_col = 0
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
     for nb in tl.range(lo, tl.minimum(hi, full_blocks)):
-        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, bt_ptr, page_size,
-                                       Lq, Lk, s_kp, s_kt, s_vp, s_vt, qk_scale, D, BN, PAGED, False, CAUSAL, F32_DOT)
+        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, kv_col, bt_ptr, page_size,
+                                       Lq, Lk, s_kp, s_kt, s_vp, s_vt, qk_scale, D, BN, PAGED, False, CAUSAL,
+                                       F32_DOT, TMA)
     for nb in tl.range(tl.maximum(lo, full_blocks), hi):
-        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, bt_ptr, page_size,
-                                       Lq, Lk, s_kp, s_kt, s_vp, s_vt, qk_scale, D, BN, PAGED, True, CAUSAL, F32_DOT)
+        acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, kv_col, bt_ptr, page_size,
+                                       Lq, Lk, s_kp, s_kt, s_vp, s_vt, qk_scale, D, BN, PAGED, True, CAUSAL,
+                                       F32_DOT, TMA)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if n_splits == 1:
@@ -242,7 +257,7 @@ def pod_kernel(
     qk_scale, n_prefill_ctas, n_decode_ctas, prefill_ratio, decode_ratio,
     sched_ptr, smid_table, trace_ptr,
     MODE: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, PAGED_P: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, PAGED_P: tl.constexpr, TMA_P: tl.constexpr,
     BH: tl.constexpr, BN_D: tl.constexpr, V: tl.constexpr, PAGED_D: tl.constexpr,
     SM_SLOTS: tl.constexpr, USE_SMID_TABLE: tl.constexpr, INTERPRET: tl.constexpr, TRACE: tl.constexpr,
 ):
@@ -277,7 +292,7 @@ def pod_kernel(
         _prefill_tile(cta, qp_ptr, kp_ptr, vp_ptr, op_ptr, pop_ptr, plsep_ptr, btp_ptr,
                       Lq, Lk, H, GROUP, n_mblocks, n_splits_p, page_size_p,
                       s_qpt, s_qph, s_kpp, s_kpt, s_kph, s_vpp, s_vpt, s_vph, s_opt, s_oph, qk_scale,
-                      D, BM, BN, PAGED_P, CAUSAL, INTERPRET)
+                      D, BM, BN, PAGED_P, CAUSAL, INTERPRET, TMA_P)
     else:
         _decode_tile(cta, qd_ptr, kd_ptr, vd_ptr, od_ptr, pod_ptr, plsed_ptr, btd_ptr, seqlens_ptr,
                      B, H, GROUP, HKV, n_hblocks, n_splits_d, n_items, page_size_d, btd_stride,

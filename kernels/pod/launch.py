@@ -10,6 +10,7 @@ import os
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.workload import HybridBatch
 
@@ -32,9 +33,23 @@ def num_sms(device: torch.device, default: int = 8) -> int:
     return default
 
 
+def tma_capable(device: torch.device) -> bool:
+    """True on GPUs with the tensor copy engine (compute capability 9.0 and newer)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def sm_slots(n_sms: int) -> int:
     """Size of the per-SM counter array: a power of two above the SM count."""
     return 1 << max(1, math.ceil(math.log2(n_sms + 1)))
+
+
+def _kv_descriptor(kv: torch.Tensor, block_n: int) -> TensorDescriptor:
+    """Tensor descriptor of a dense (Lk, Hkv, D) K or V as a 2-D (Lk, Hkv*D) matrix, one block =
+    ``block_n`` keys of one head."""
+    lk, hkv, d = kv.shape
+    if kv.stride(2) != 1 or kv.stride(1) != d:
+        raise ValueError("TMA prefill loads need each token's KV heads contiguous (dense layout)")
+    return TensorDescriptor(kv, [lk, hkv * d], [kv.stride(0), 1], [block_n, d])
 
 
 class _Launch:
@@ -69,6 +84,8 @@ class _Launch:
                 kp, vp, btp = batch.k_p, batch.v_p, dummy_i
                 skp = (0, kp.stride(0), kp.stride(1))
                 svp = (0, vp.stride(0), vp.stride(1))
+                if plan.prefill_tma:
+                    kp, vp = (_kv_descriptor(x, plan.tiles.block_n) for x in (kp, vp))
             p_args = [qp, kp, vp, self.out_p, self.po_p, self.plse_p, btp,
                       spec.prefill_len, spec.prefill_kv_len, m.q_heads, m.group_size, plan.n_mblocks, sp,
                       spec.page_size, qp.stride(0), qp.stride(1), *skp, *svp,
@@ -101,6 +118,7 @@ class _Launch:
             spec.sm_scale * LOG2E, plan.n_prefill_ctas, plan.n_decode_ctas, plan.prefill_ratio,
             plan.decode_ratio, self.sched, self.smid_table, self.trace]
         self.meta = dict(D=m.head_dim, CAUSAL=spec.causal, BM=t.block_m, BN=t.block_n, PAGED_P=paged,
+                         TMA_P=self.do_p and plan.prefill_tma and not paged,
                          BH=t.decode_rows, BN_D=t.decode_n, V=t.virtual, PAGED_D=paged, SM_SLOTS=self.slots,
                          USE_SMID_TABLE=smid_table is not None, INTERPRET=interpreting(),
                          TRACE=trace is not None, num_warps=t.num_warps, num_stages=t.num_stages)
@@ -180,5 +198,5 @@ def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan, plan_d: LaunchPlan, p
     return run_streams
 
 
-__all__ = ["prepare_launch", "prepare_serial", "num_sms", "interpreting", "MODE_PREFILL", "MODE_DECODE",
+__all__ = ["prepare_launch", "prepare_serial", "num_sms", "interpreting", "tma_capable", "MODE_PREFILL", "MODE_DECODE",
            "MODE_CTA", "MODE_POD"]
