@@ -219,11 +219,24 @@ def method_role(method: str, baseline: str, registered: str | None = None) -> st
     return "method"
 
 
+def _median_rate(kept: pd.DataFrame, pct_column: str, peak: pd.Series, unit: float) -> float:
+    """Median over rows of (percent of peak) x peak, in ``unit`` per second (NaN without the column)."""
+    if pct_column not in kept:
+        return np.nan
+    return (kept[pct_column] / 100 * peak / unit).median()
+
+
 def summarize(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
     """Per method over kept rows: speedup statistics, fraction slower than the baseline, fraction at
-    or below the best peer, median fraction of the physical limit. ``n_failed`` / ``n_error``
-    count rows over the whole table (kept or not), since a failure is never filtered away."""
+    or below the best peer, median fraction of the physical limit, median achieved TFLOP/s and TB/s
+    of useful work on the parts the method computes (for a part alone: its rate, e.g. our prefill
+    against FlashInfer's). ``n_failed`` / ``n_error`` count rows over the whole table (kept or not),
+    since a failure is never filtered away."""
     kept = table[table["kept"]]
+    names = kept["gpu_name"].astype(object).fillna("") if "gpu_name" in kept else pd.Series("", index=kept.index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unknown GPU already warned in build_table
+        peaks = pd.DataFrame([gpu_peaks(n) for n in names], index=kept.index, columns=["bytes", "flops"])
     gpu = "; ".join(sorted(map(str, table["gpu_name"].dropna().unique()))) if "gpu_name" in table else ""
     sms = "; ".join(sorted(map(str, table["sm_count"].dropna().astype(int).unique()))) if "sm_count" in table else ""
     records = []
@@ -241,6 +254,8 @@ def summarize(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
             "frac_slower": (speedup < 1.0).mean() if len(speedup) else np.nan,
             "frac_at_or_below_best_peer": (both[f"ms_{m}"] <= both["best_peer_ms"]).mean() if len(both) else np.nan,
             "median_limit_fraction": kept[f"limit_fraction_{m}"].median(),
+            "median_tflop_s": _median_rate(kept, f"achieved_compute_pct_{m}", peaks["flops"], 1e12),
+            "median_tb_s": _median_rate(kept, f"achieved_memory_pct_{m}", peaks["bytes"], 1e12),
             "n_failed": int(table[f"status_{m}"].eq("failed_check").sum()),
             "n_error": int(table[f"status_{m}"].eq("error").sum()),
             "gpu_name": gpu,

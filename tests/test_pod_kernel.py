@@ -156,11 +156,9 @@ def test_plan_knobs():
 def test_prefill_loads_knob():
     spec = BatchSpec(ModelShape("t", 16, 4, 128), prefill_len=1024, prefill_kv_len=12288, decode_batch=80,
                      decode_ctx=12288)
-    assert make_plan(spec, 3, 132, PodConfig(), tma_capable=True).prefill_tma
-    assert not make_plan(spec, 3, 132, PodConfig(), tma_capable=False).prefill_tma
-    assert not make_plan(spec, 3, 132, PodConfig(kv_layout="paged"), tma_capable=True).prefill_tma
-    assert not make_plan(spec, 0, 132, PodConfig(prefill_loads="pointer"), tma_capable=True).prefill_tma
+    assert not make_plan(spec, 3, 132, PodConfig()).prefill_tma
     assert make_plan(spec, 0, 132, PodConfig(prefill_loads="tma")).prefill_tma
+    assert make_plan(spec, 3, 132, PodConfig(prefill_loads="tma")).prefill_tma
     with pytest.raises(ValueError, match="dense"):
         PodConfig(prefill_loads="tma", kv_layout="paged")
     with pytest.raises(ValueError, match="prefill_loads"):

@@ -31,10 +31,12 @@ class _TritonPod(Method):
             return reason
         if device.type == "cpu" and not interpreting():
             return "on the CPU our Triton kernels need the interpreter: set TRITON_INTERPRET=1 before importing triton"
+        if self.config.prefill_loads == "tma" and device.type == "cuda" and not tma_capable(device):
+            return "prefill_loads 'tma' needs the tensor copy engine of sm_90+ (Hopper); use 'pointer'"
         return None
 
     def _plan(self, batch, mode, kind=None):
-        return make_plan(batch.spec, mode, num_sms(batch.device), self.config, kind, tma_capable(batch.device))
+        return make_plan(batch.spec, mode, num_sms(batch.device), self.config, kind)
 
     def prepare(self, batch):
         paged = self.config.kv_layout == "paged"

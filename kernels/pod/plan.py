@@ -76,7 +76,9 @@ class PodConfig:
     prefill_split: str | int = "limited"     # "limited" (<= 2 waves) | "vanilla" (FlashDecoding) | fixed int
     decode_split: str | int = "auto"         # "auto" | fixed int
     kv_layout: str = "dense"                 # "dense" | "paged" (block table into the page pool)
-    prefill_loads: str = "auto"              # "tma" (copy engine, dense KV) | "pointer" | "auto" (tma on sm_90+)
+    # "tma": prefill K/V through tensor descriptors (Hopper's copy engine, dense KV, sm_90+); measured
+    # 9% slower than pointer loads for the prefill alone on H100 (results/raw/pod_tiles)
+    prefill_loads: str = "pointer"           # "pointer" | "tma"
     num_warps: int | None = None
     num_stages: int | None = None
     maxnreg: int | None = None
@@ -101,8 +103,8 @@ class PodConfig:
             raise ValueError("decode_split must be 'auto' or a positive int")
         if self.kv_layout not in ("dense", "paged"):
             raise ValueError("kv_layout must be 'dense' or 'paged'")
-        if self.prefill_loads not in ("auto", "tma", "pointer"):
-            raise ValueError(f"prefill_loads must be 'auto', 'tma' or 'pointer', got {self.prefill_loads!r}")
+        if self.prefill_loads not in ("tma", "pointer"):
+            raise ValueError(f"prefill_loads must be 'pointer' or 'tma', got {self.prefill_loads!r}")
         if self.prefill_loads == "tma" and self.kv_layout == "paged":
             raise ValueError("prefill_loads 'tma' needs kv_layout 'dense': a KV block spans several pages")
 
@@ -188,9 +190,8 @@ def policy_ratio(policy: str, n_prefill: int, n_decode: int, ctas_per_sm: int) -
 
 
 def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None = None,
-              kind: str | None = None, tma_capable: bool = False) -> LaunchPlan:
-    """Plan one launch of ``pod_kernel`` in ``mode`` (0 prefill, 1 decode, 2 CTA-parallel, 3 POD).
-    ``tma_capable``: the device has the tensor copy engine (sm_90+), used by ``prefill_loads='auto'``."""
+              kind: str | None = None) -> LaunchPlan:
+    """Plan one launch of ``pod_kernel`` in ``mode`` (0 prefill, 1 decode, 2 CTA-parallel, 3 POD)."""
     cfg = config or PodConfig()
     m = spec.model
     if kind is None:
@@ -210,8 +211,7 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
               virtual, cfg.num_warps or t.num_warps, cfg.num_stages or t.num_stages,
               t.maxnreg if cfg.maxnreg is None else cfg.maxnreg)
     notes = {}
-    tma = cfg.prefill_loads == "tma" or (cfg.prefill_loads == "auto" and tma_capable and cfg.kv_layout == "dense")
-    plan = dict(mode=mode, tiles=t, ctas_per_sm=cps, num_sms=num_sms, prefill_tma=tma)
+    plan = dict(mode=mode, tiles=t, ctas_per_sm=cps, num_sms=num_sms, prefill_tma=cfg.prefill_loads == "tma")
     slots = num_sms * cps
 
     n_decode_items = n_decode_ctas = n_hblocks = 0
