@@ -163,3 +163,12 @@ def test_prefill_loads_knob():
         PodConfig(prefill_loads="tma", kv_layout="paged")
     with pytest.raises(ValueError, match="prefill_loads"):
         PodConfig(prefill_loads="bulk")
+
+
+def test_decode_stages_knob():
+    spec = BatchSpec(ModelShape("t", 16, 4, 128), prefill_len=64, prefill_kv_len=640, decode_batch=8,
+                     decode_ctx=512)
+    assert make_plan(spec, 3, 132, PodConfig()).tiles.decode_stages is None
+    assert make_plan(spec, 3, 132, PodConfig(decode_stages=2)).tiles.decode_stages == 2
+    with pytest.raises(ValueError, match="decode_stages"):
+        PodConfig(decode_stages=0)

@@ -145,7 +145,7 @@ def _decode_item(item, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr, seq
                  B, H, GROUP, HKV, n_hblocks, n_splits, page_size, bt_stride,
                  s_qb, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ob, s_oh, qk_scale,
                  D: tl.constexpr, BH: tl.constexpr, BN: tl.constexpr, PAGED: tl.constexpr,
-                 F32_DOT: tl.constexpr):
+                 F32_DOT: tl.constexpr, DS: tl.constexpr):
     """One decode work item: query heads [hb*BH, hb*BH+BH) of one KV group of one request, over
     one KV split. The group's heads are the rows of the tile, so K/V are read once per group."""
     split = item % n_splits
@@ -176,7 +176,7 @@ def _decode_item(item, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr, seq
     m_i = tl.full([BH], float("-inf"), tl.float32)
     l_i = tl.zeros([BH], tl.float32)
     acc = tl.zeros([BH, D], tl.float32)
-    for nb in tl.range(lo, hi):
+    for nb in tl.range(lo, hi, num_stages=DS):
         offs_n = nb * BN + tl.arange(0, BN)
         n_ok = offs_n < end
         pos = tl.where(n_ok, offs_n, 0)
@@ -216,7 +216,7 @@ def _decode_tile(cta, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr, seql
                  B, H, GROUP, HKV, n_hblocks, n_splits, n_items, page_size, bt_stride,
                  s_qb, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ob, s_oh, qk_scale,
                  D: tl.constexpr, BH: tl.constexpr, BN: tl.constexpr, V: tl.constexpr,
-                 PAGED: tl.constexpr, F32_DOT: tl.constexpr):
+                 PAGED: tl.constexpr, F32_DOT: tl.constexpr, DS: tl.constexpr):
     """One decode CTA holding V virtual CTAs (work items). A Triton CTA cannot hand its warps
     different items, so the items run back to back; a 3-D batched tile would run them side by
     side but doubles the registers (measured: 188 vs 72 at 16x32x128), which costs co-residence."""
@@ -226,7 +226,7 @@ def _decode_tile(cta, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr, seql
             _decode_item(item, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr, seqlens_ptr,
                          B, H, GROUP, HKV, n_hblocks, n_splits, page_size, bt_stride,
                          s_qb, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ob, s_oh, qk_scale,
-                         D, BH, BN, PAGED, F32_DOT)
+                         D, BH, BN, PAGED, F32_DOT, DS)
 
 
 @triton.jit
@@ -258,7 +258,7 @@ def pod_kernel(
     sched_ptr, smid_table, trace_ptr,
     MODE: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, PAGED_P: tl.constexpr, TMA_P: tl.constexpr,
-    BH: tl.constexpr, BN_D: tl.constexpr, V: tl.constexpr, PAGED_D: tl.constexpr,
+    BH: tl.constexpr, BN_D: tl.constexpr, V: tl.constexpr, PAGED_D: tl.constexpr, DS: tl.constexpr,
     SM_SLOTS: tl.constexpr, USE_SMID_TABLE: tl.constexpr, INTERPRET: tl.constexpr, TRACE: tl.constexpr,
 ):
     """Prefill and/or decode attention of a hybrid batch; MODE picks how CTAs find their work.
@@ -297,7 +297,7 @@ def pod_kernel(
         _decode_tile(cta, qd_ptr, kd_ptr, vd_ptr, od_ptr, pod_ptr, plsed_ptr, btd_ptr, seqlens_ptr,
                      B, H, GROUP, HKV, n_hblocks, n_splits_d, n_items, page_size_d, btd_stride,
                      s_qdb, s_qdh, s_kdp, s_kdt, s_kdh, s_vdp, s_vdt, s_vdh, s_odb, s_odh, qk_scale,
-                     D, BH, BN_D, V, PAGED_D, INTERPRET)
+                     D, BH, BN_D, V, PAGED_D, INTERPRET, DS)
     if MODE == 3:
         done = tl.atomic_add(sched_ptr + SM_SLOTS + 2, 1)
         if done == n_prefill_ctas + n_decode_ctas - 1:

@@ -119,7 +119,8 @@ class _Launch:
             plan.decode_ratio, self.sched, self.smid_table, self.trace]
         self.meta = dict(D=m.head_dim, CAUSAL=spec.causal, BM=t.block_m, BN=t.block_n, PAGED_P=paged,
                          TMA_P=self.do_p and plan.prefill_tma and not paged,
-                         BH=t.decode_rows, BN_D=t.decode_n, V=t.virtual, PAGED_D=paged, SM_SLOTS=self.slots,
+                         BH=t.decode_rows, BN_D=t.decode_n, V=t.virtual, PAGED_D=paged, DS=t.decode_stages,
+                         SM_SLOTS=self.slots,
                          USE_SMID_TABLE=smid_table is not None, INTERPRET=interpreting(),
                          TRACE=trace is not None, num_warps=t.num_warps, num_stages=t.num_stages)
         if t.maxnreg and not interpreting():
