@@ -4,9 +4,9 @@
 #   scripts/gpu_issue3_run_c.sh OUT_DIR
 set -u
 out=${1:?out dir}
+mkdir -p "$out/raw/figure11" "$out/logs"
 log() { echo "[$(date +%T)] $*" >> "$out/logs/progress.log"; }
 log start
-  --no-progress > "$out/logs/decode-stages.log" 2>&1
 for m in POD OURS_Serial OURS_Streams; do
   for i in 0 1 2 3 4 5 6 7; do
     python3 -m experiments.run experiments/figure11.yaml --shard "$i/8" --methods "$m" --no-progress \
