@@ -35,9 +35,13 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
         ax.set_ylabel(f"Speedup over {base} (%)")
         ax.grid(axis="y", alpha=0.3)
 
-        for m, d in zip(methods, data):
+        # more methods than the default 10-colour cycle: a 20-colour map keeps every line distinct
+        tab20 = plt.get_cmap("tab20").colors
+        order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # the ten dark shades, then the light ones
+        colors = [tab20[order[i % 20]] for i in range(len(methods))] if len(methods) > 10 else [None] * len(methods)
+        for m, d, c in zip(methods, data, colors):
             speedup = np.sort(d / 100.0 + 1.0)
-            cdf.step(speedup, np.arange(1, len(speedup) + 1) / len(speedup), where="post", label=m)
+            cdf.step(speedup, np.arange(1, len(speedup) + 1) / len(speedup), where="post", label=m, color=c)
         cdf.axvline(1.0, color="black", linewidth=1.0)
         cdf.set_xlabel(f"Speedup over {base}")
         cdf.set_ylabel("Fraction of hybrid batches")
