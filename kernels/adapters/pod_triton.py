@@ -10,7 +10,7 @@ import torch
 from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, interpreting, num_sms,
                                 prepare_launch, prepare_serial, tma_capable)
 from kernels.pod.plan import PodConfig, make_plan
-from kernels.registry import Method, register
+from kernels.registry import Method, MethodUnavailable, register
 
 
 class _TritonPod(Method):
@@ -48,6 +48,29 @@ class _TritonPod(Method):
         self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict()}
         return prepare_serial(batch, plan_p, plan_d, paged, streams=self.streams)
 
+    def cta_timeline(self, batch, warmup: int = 2):
+        """Run this method's fused launch ``warmup`` times untraced, then once recording each CTA's
+        (op, logical CTA, SM, start ns, end ns). Returns (plan dict, trace as a CPU int64 tensor,
+        outputs of the traced launch)."""
+        if self.serial:
+            raise MethodUnavailable(f"{self.name} runs two launches; a CTA timeline is for one fused launch")
+        plan = self._plan(batch, self.mode)
+        self.last_plan = plan.as_dict()
+        paged = self.config.kv_layout == "paged"
+        n = plan.n_prefill_ctas + plan.n_decode_ctas
+        if self.mode == MODE_PREFILL:
+            n = plan.n_prefill_ctas
+        elif self.mode == MODE_DECODE:
+            n = plan.n_decode_ctas
+        trace = torch.full((n, 5), -1, dtype=torch.int64, device=batch.device)
+        run = prepare_launch(batch, plan, paged, trace=trace)
+        for _ in range(warmup):
+            run()
+        out = run()
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize(batch.device)
+        return self.last_plan, trace.cpu(), out
+
     def info(self):
         """impl names the plan of the last prepared batch, e.g. 'triton cps2 split 1/1 V2 ratio 1:1'."""
         p = self.last_plan
@@ -57,7 +80,7 @@ class _TritonPod(Method):
         t = p["tiles"]
         impl = (f"triton cps{p['ctas_per_sm']} tiles {t['block_m']}x{t['block_n']}/{t['decode_rows']}x{t['decode_n']} "
                 f"split {p['n_splits_p']}/{p['n_splits_d']} V{t['virtual']} ratio {p['prefill_ratio']}:{p['decode_ratio']}"
-                f"{' tma' if p.get('prefill_tma') else ''}")
+                f"{' resident' if p.get('binding') else ''}{' tma' if p.get('prefill_tma') else ''}")
         return {"impl": impl, "plan": p}
 
 
@@ -98,11 +121,12 @@ class POD(_TritonPod):
 
 
 def smid_trace(batch, config: PodConfig | None = None, smid_table: torch.Tensor | None = None):
-    """Run POD once recording, for every physical CTA, (operation, logical CTA id, SM slot).
-    Used by tests to check that every logical CTA runs exactly once under any SM mapping."""
+    """Run POD once recording, for every physical CTA, (operation, logical CTA id, SM slot, start ns,
+    end ns). Tests check with it that every logical CTA runs exactly once under any SM mapping; on
+    the GPU it gives the CTA timeline (experiments/pod_timeline.py)."""
     plan = make_plan(batch.spec, MODE_POD, num_sms(batch.device), config)
     n = plan.n_prefill_ctas + plan.n_decode_ctas
-    trace = torch.full((n, 3), -1, dtype=torch.int32, device=batch.device)
+    trace = torch.full((n, 5), -1, dtype=torch.int64, device=batch.device)
     run = prepare_launch(batch, plan, (config or PodConfig()).kv_layout == "paged", smid_table=smid_table,
                          trace=trace)
     out = run()

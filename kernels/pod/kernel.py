@@ -2,8 +2,9 @@
 
 One prefill tile function and one decode tile function; ``pod_kernel`` runs them in four ways
 (MODE): prefill only, decode only, CTA-parallel (block index decides), and SM-aware POD (each CTA
-reads its SM id, takes a ticket from that SM's counter and binds itself to prefill or decode at
-run time, as in the paper's Figure 9). Split-KV partials are merged by ``merge_kernel``.
+reads its SM id and binds itself to prefill or decode at run time: by a ticket from that SM's
+counter, as in the paper's Figure 9, or by how many CTAs of each part run on that SM right now).
+Split-KV partials are merged by ``merge_kernel``.
 
 Softmax runs in base 2 (scores pre-multiplied by log2(e)); partial LSEs are kept in base 2.
 """
@@ -242,6 +243,17 @@ def _sm_id(pid, smid_table, USE_SMID_TABLE: tl.constexpr, INTERPRET: tl.constexp
     return sm % SM_SLOTS
 
 
+@triton.jit
+def _now_ns(INTERPRET: tl.constexpr):
+    """GPU global timer in ns (0 in the interpreter, which has no inline asm)."""
+    if INTERPRET:
+        t = tl.zeros([], tl.int64)
+    else:
+        t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False,
+                                      pack=1)
+    return t
+
+
 @triton.jit(do_not_specialize=["Lq", "Lk", "n_mblocks", "B", "n_hblocks", "n_items", "btd_stride",
                              "n_prefill_ctas", "n_decode_ctas", "prefill_ratio", "decode_ratio"])
 def pod_kernel(
@@ -260,12 +272,21 @@ def pod_kernel(
     BM: tl.constexpr, BN: tl.constexpr, PAGED_P: tl.constexpr, TMA_P: tl.constexpr,
     BH: tl.constexpr, BN_D: tl.constexpr, V: tl.constexpr, PAGED_D: tl.constexpr, DS: tl.constexpr,
     SM_SLOTS: tl.constexpr, USE_SMID_TABLE: tl.constexpr, INTERPRET: tl.constexpr, TRACE: tl.constexpr,
+    BINDING: tl.constexpr,
 ):
     """Prefill and/or decode attention of a hybrid batch; MODE picks how CTAs find their work.
 
-    ``sched_ptr`` (int32, SM_SLOTS + 3): per-SM tickets, then the prefill and decode CTA counters,
-    then a done counter; the last CTA to finish zeroes it so the next launch needs no memset."""
+    ``sched_ptr`` (int32, 3 * SM_SLOTS + 4): per-SM tickets; the prefill CTA, decode CTA and done
+    counters (+1 unused); per-SM running prefill CTAs; per-SM running decode CTAs. The last CTA to
+    finish zeroes the first two groups (the running counts return to zero by themselves), so the
+    next launch needs no memset. BINDING (POD only): 0 = ticket modulo prefill_ratio +
+    decode_ratio (paper); 1 = the part whose running CTAs on this SM are furthest below their
+    prefill_ratio:decode_ratio share, which follows the real residency and CTA lengths.
+    ``trace_ptr`` (int64, grid x 5) records op, logical CTA, SM, start and end time in ns."""
     pid = tl.program_id(0)
+    if TRACE:
+        t_start = _now_ns(INTERPRET)
+    sm = 0
     if MODE == 0:
         op = 0
         cta = pid
@@ -277,17 +298,23 @@ def pod_kernel(
         cta = tl.where(op == 0, pid, pid - n_prefill_ctas)
     else:
         sm = _sm_id(pid, smid_table, USE_SMID_TABLE, INTERPRET, SM_SLOTS)
-        ticket = tl.atomic_add(sched_ptr + sm, 1) % (prefill_ratio + decode_ratio)
-        op = (ticket >= prefill_ratio).to(tl.int32)
+        if BINDING == 0:
+            ticket = tl.atomic_add(sched_ptr + sm, 1) % (prefill_ratio + decode_ratio)
+            op = (ticket >= prefill_ratio).to(tl.int32)
+        else:
+            running_p = tl.atomic_add(sched_ptr + SM_SLOTS + 4 + sm, 0)
+            running_d = tl.atomic_add(sched_ptr + 2 * SM_SLOTS + 4 + sm, 0)
+            # prefill unless it already holds at least its share of this SM's running CTAs
+            op = (running_p * decode_ratio > running_d * prefill_ratio).to(tl.int32)
         cta = tl.atomic_add(sched_ptr + SM_SLOTS + op, 1)
         if cta >= tl.where(op == 0, n_prefill_ctas, n_decode_ctas):
             # this operation has no work left: take the other one (always has some, see plan.py)
             op = 1 - op
             cta = tl.atomic_add(sched_ptr + SM_SLOTS + op, 1)
-        if TRACE:
-            tl.store(trace_ptr + pid * 3 + 0, op)
-            tl.store(trace_ptr + pid * 3 + 1, cta)
-            tl.store(trace_ptr + pid * 3 + 2, sm)
+        if BINDING == 1:
+            tl.atomic_add(sched_ptr + SM_SLOTS + 4 + op * SM_SLOTS + sm, 1)
+    if TRACE and MODE != 3:
+        sm = _sm_id(pid, smid_table, USE_SMID_TABLE, INTERPRET, SM_SLOTS)
     if op == 0:
         _prefill_tile(cta, qp_ptr, kp_ptr, vp_ptr, op_ptr, pop_ptr, plsep_ptr, btp_ptr,
                       Lq, Lk, H, GROUP, n_mblocks, n_splits_p, page_size_p,
@@ -298,7 +325,16 @@ def pod_kernel(
                      B, H, GROUP, HKV, n_hblocks, n_splits_d, n_items, page_size_d, btd_stride,
                      s_qdb, s_qdh, s_kdp, s_kdt, s_kdh, s_vdp, s_vdt, s_vdh, s_odb, s_odh, qk_scale,
                      D, BH, BN_D, V, PAGED_D, INTERPRET, DS)
+    if TRACE:
+        zero = tl.zeros([], tl.int64)  # op and sm are plain ints in some modes
+        tl.store(trace_ptr + pid * 5 + 0, zero + op)
+        tl.store(trace_ptr + pid * 5 + 1, zero + cta)
+        tl.store(trace_ptr + pid * 5 + 2, zero + sm)
+        tl.store(trace_ptr + pid * 5 + 3, t_start)
+        tl.store(trace_ptr + pid * 5 + 4, _now_ns(INTERPRET))
     if MODE == 3:
+        if BINDING == 1:
+            tl.atomic_add(sched_ptr + SM_SLOTS + 4 + op * SM_SLOTS + sm, -1)
         done = tl.atomic_add(sched_ptr + SM_SLOTS + 2, 1)
         if done == n_prefill_ctas + n_decode_ctas - 1:
             # every CTA has taken its ticket: reset the counters for the next launch

@@ -110,8 +110,8 @@ class _Launch:
                       0, m.kv_heads, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         self.slots = sm_slots(plan.num_sms)
         # counters start at zero once; the kernel's last CTA re-zeroes them after every launch
-        self.sched = torch.zeros(self.slots + 3, device=dev, dtype=torch.int32)
-        self.trace = trace if trace is not None else dummy_i
+        self.sched = torch.zeros(3 * self.slots + 4, device=dev, dtype=torch.int32)
+        self.trace = trace if trace is not None else torch.zeros(1, device=dev, dtype=torch.int64)
         self.smid_table = smid_table if smid_table is not None else dummy_i
         t = plan.tiles
         self.args = p_args + d_args + [
@@ -122,7 +122,7 @@ class _Launch:
                          BH=t.decode_rows, BN_D=t.decode_n, V=t.virtual, PAGED_D=paged, DS=t.decode_stages,
                          SM_SLOTS=self.slots,
                          USE_SMID_TABLE=smid_table is not None, INTERPRET=interpreting(),
-                         TRACE=trace is not None, num_warps=t.num_warps, num_stages=t.num_stages)
+                         TRACE=trace is not None, BINDING=plan.binding, num_warps=t.num_warps, num_stages=t.num_stages)
         if t.maxnreg and not interpreting():
             self.meta["maxnreg"] = t.maxnreg
         n_rows_p = spec.prefill_len * m.q_heads if split_p else 0
@@ -153,7 +153,8 @@ def prepare_launch(batch: HybridBatch, plan: LaunchPlan, paged: bool = False,
                    smid_table: torch.Tensor | None = None, trace: torch.Tensor | None = None):
     """Allocate everything for ``plan`` and return a zero-argument callable running it: mode 0 or 1
     runs one part, 2 and 3 both parts in one launch (plus the split merge when there are splits).
-    ``smid_table`` replaces %smid per CTA (tests); ``trace`` records each CTA's (op, cta, SM)."""
+    ``smid_table`` replaces %smid per CTA (tests); ``trace`` (int64, grid x 5) records each CTA's
+    op, logical CTA, SM, start and end time (ns)."""
     L = _Launch(batch, plan, paged, smid_table, trace)
     grid = plan.n_prefill_ctas + plan.n_decode_ctas
     if plan.mode == MODE_PREFILL:

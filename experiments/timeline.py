@@ -1,0 +1,158 @@
+"""CTA timeline of one fused launch per (hybrid batch, method) of an experiment.
+
+    python -m experiments.timeline EXPERIMENT.yaml --out CSV [--methods A,B] [--smoke] [--no-progress]
+
+The experiment's ``timeline:`` section names the method labels (our Triton family's one-launch
+methods: POD, OURS_CTA and their option variants). Each (row, method) is launched ``warmup``
+times, then once with tracing on: every CTA records its part (0 prefill, 1 decode), its logical
+CTA id, its SM and its start and end on the GPU's global timer. An --out ending in .gz is written
+gzip-compressed (a launch has thousands of CTAs; each line carries the provenance columns). The traced launch's outputs are
+checked against the reference attention; a method that fails the check gets one line with status
+``failed_check`` and no CTAs. Lines carry times in microseconds from the launch's first CTA start.
+Re-running with the same --out resumes at the first (row, method) not yet written.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import os
+import sys
+
+COLUMNS_HEAD = ["experiment", "row_key", "method", "status", "reason", "impl", "pid", "op", "cta", "sm",
+                "start_us", "end_us"]
+
+
+def _open(path: str, mode: str):
+    if path.endswith(".gz"):
+        return gzip.open(path, mode + "t", newline="")
+    return open(path, mode, newline="")
+
+
+def _done(path: str) -> set:
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return set()
+    with _open(path, "r") as f:
+        return {(r["row_key"], r["method"]) for r in csv.DictReader(f)}
+
+
+def trace_rows(trace) -> list:
+    """Per-CTA dicts of a (grid x 5) trace: times in us from the earliest CTA start."""
+    t0 = int(trace[:, 3].min())
+    return [{"pid": pid, "op": int(op), "cta": int(cta), "sm": int(sm),
+             "start_us": (int(ts) - t0) / 1e3, "end_us": (int(te) - t0) / 1e3}
+            for pid, (op, cta, sm, ts, te) in enumerate(trace.tolist())]
+
+
+def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = False, device: str = "auto",
+                        warmup: int = 2, progress: bool = True) -> dict:
+    """Trace every (row, method) the experiment's ``timeline:`` asks for into ``out``; returns
+    counts per status written now."""
+    from experiments.run import configure_device_env, resolve_device
+    device = resolve_device(device)
+    configure_device_env(device)
+    import torch
+    from tqdm import tqdm
+
+    from experiments import grid as G
+    from experiments.provenance import COLUMNS as PROV
+    from experiments.provenance import provenance, stamp
+    from experiments.run import _create_methods, _error_text, _one_line, _seed
+    from kernels.reference import check_outputs, reference_outputs
+    from kernels.registry import MethodUnavailable
+    from kernels.workload import HybridBatch
+
+    exp = G.load_experiment(experiment, smoke=smoke)
+    spec = exp.raw.get("timeline")
+    if not spec:
+        raise G.ExperimentError(f"{experiment}: no timeline: section (methods) to trace")
+    labels = list(spec["methods"])
+    unknown = sorted(set(labels) - {m.label for m in exp.methods})
+    if unknown:
+        raise G.ExperimentError(f"{experiment}: timeline.methods: {', '.join(unknown)} are not method labels")
+    if methods:
+        labels = [lab for lab in labels if lab in set(methods)]
+    dev = torch.device(device)
+    mem = sms = None
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        mem, sms = float(props.total_memory), props.multi_processor_count
+    rows = G.expand(exp, mem, sms)
+    insts = _create_methods(exp, labels, dev)
+    for lab in labels:
+        inst = insts[lab][1]
+        if inst is not None and not hasattr(inst, "cta_timeline"):
+            raise G.ExperimentError(f"{experiment}: timeline.methods: {lab} ({inst.name}) has no CTA trace; "
+                                    "use one-launch methods of our Triton family (POD, OURS_CTA)")
+    prov = provenance(dev)
+    header = COLUMNS_HEAD + PROV  # the row_key names the batch
+    done = _done(out)
+    new_file = not os.path.exists(out) or os.path.getsize(out) == 0
+    counts: dict = {}
+    todo = [(r, lab) for r in rows for lab in labels if (r.row_key, lab) not in done]
+    with _open(out, "a") as f:
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        for row, lab in tqdm(todo, file=sys.stderr, disable=not progress, unit="launch", desc=f"timeline {exp.name}"):
+            base = {"experiment": exp.name, **row.fields(), "method": lab, **stamp(prov)}
+            _, inst, reason = insts[lab]
+            lines = []
+            status, impl = "ok", inst.name if inst is not None else lab
+            if reason is not None:
+                status = "unavailable"
+            else:
+                try:
+                    batch = HybridBatch.allocate(row.spec, device=dev, seed=_seed(row.group_key),
+                                                 prefill_kv_cap=row.prefill_kv_cap)
+                    inst.require_parts(batch)
+                    ref = reference_outputs(batch)
+                    _, trace, outs = inst.cta_timeline(batch, warmup)
+                    impl = str(inst.info().get("impl", inst.name))
+                    chk = check_outputs(outs, ref, row.spec.dtype, inst.checked_parts(batch))
+                    if chk.ok:
+                        lines = [{**base, **line, "status": "ok", "reason": "", "impl": impl}
+                                 for line in trace_rows(trace)]
+                    else:
+                        status, reason = "failed_check", _one_line(chk.reason)
+                except MethodUnavailable as e:
+                    status, reason = "unavailable", _one_line(str(e))
+                except Exception as e:  # noqa: BLE001 - a failure is a result, not a crash
+                    status, reason = "error", _error_text(e)
+                finally:
+                    batch = ref = outs = None
+            if not lines:
+                lines = [{**base, "status": status, "reason": reason, "impl": impl}]
+            writer.writerows(lines)
+            f.flush()
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def main(argv=None) -> int:
+    """Command line entry point (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m experiments.timeline", description=__doc__.split("\n\n")[0])
+    ap.add_argument("experiment")
+    ap.add_argument("--out", required=True, help="CSV to append to (resumed if it exists)")
+    ap.add_argument("--methods", help="comma-separated labels (default: the timeline: section's)")
+    ap.add_argument("--smoke", action="store_true", help="apply the YAML's smoke overrides (tiny shapes)")
+    ap.add_argument("--device", default="auto", help="cuda, cpu (Triton interpreter) or auto")
+    ap.add_argument("--warmup", type=int, default=2, help="untraced launches before the traced one")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    from experiments.grid import ExperimentError
+
+    try:
+        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+        counts = timeline_experiment(args.experiment, args.out, methods, args.smoke, args.device, args.warmup,
+                                     not args.no_progress)
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing new"),
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
