@@ -39,6 +39,7 @@ VARIANTS = {
     "OURS_prefill_ptr": {"prefill_loads": "pointer"}, "OURS_Serial_ptr": {"prefill_loads": "pointer"},
     "POD_ptr": {"prefill_loads": "pointer"},
     "POD_resident": {"binding": "resident"}, "POD_2cta_resident": {"ctas_per_sm": 2, "binding": "resident"},
+    "POD_progress": {"binding": "progress"},
 }
 BASES = ("OURS_prefill", "OURS_decode", "OURS_Serial", "OURS_Streams", "OURS_CTA", "POD")
 
@@ -75,7 +76,7 @@ def main():
             spec = BatchSpec(ModelShape("odd", hq, hkv, d), dt, lq, lk, bs, cl, page_size=16)
             batch = HybridBatch.allocate(spec, dev)
             ref = reference_outputs(batch)
-            for name in BASES + ("OURS_prefill_ptr", "POD_ptr", "POD_resident", "POD_2cta_resident"):
+            for name in BASES + ("OURS_prefill_ptr", "POD_ptr", "POD_resident", "POD_2cta_resident", "POD_progress"):
                 try:
                     r = run_one(name, {**opts, **VARIANTS.get(name, {})}, batch, ref, None)
                 except Exception as e:  # keep going: the table says what broke

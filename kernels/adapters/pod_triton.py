@@ -9,7 +9,7 @@ import torch
 
 from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, interpreting, num_sms,
                                 prepare_launch, prepare_serial, tma_capable)
-from kernels.pod.plan import PodConfig, make_plan
+from kernels.pod.plan import BINDINGS, PodConfig, make_plan
 from kernels.registry import Method, MethodUnavailable, register
 
 
@@ -80,7 +80,7 @@ class _TritonPod(Method):
         t = p["tiles"]
         impl = (f"triton cps{p['ctas_per_sm']} tiles {t['block_m']}x{t['block_n']}/{t['decode_rows']}x{t['decode_n']} "
                 f"split {p['n_splits_p']}/{p['n_splits_d']} V{t['virtual']} ratio {p['prefill_ratio']}:{p['decode_ratio']}"
-                f"{' resident' if p.get('binding') else ''}{' tma' if p.get('prefill_tma') else ''}")
+                f"{(' ' + BINDINGS[p['binding']]) if p.get('binding') else ''}{' tma' if p.get('prefill_tma') else ''}")
         return {"impl": impl, "plan": p}
 
 

@@ -281,7 +281,8 @@ def pod_kernel(
     finish zeroes the first two groups (the running counts return to zero by themselves), so the
     next launch needs no memset. BINDING (POD only): 0 = ticket modulo prefill_ratio +
     decode_ratio (paper); 1 = the part whose running CTAs on this SM are furthest below their
-    prefill_ratio:decode_ratio share, which follows the real residency and CTA lengths.
+    prefill_ratio:decode_ratio share, which follows the real residency and CTA lengths; 2 = the
+    part that has handed out the smaller fraction of its CTAs, so both parts run until the end.
     ``trace_ptr`` (int64, grid x 5) records op, logical CTA, SM, start and end time in ns."""
     pid = tl.program_id(0)
     if TRACE:
@@ -301,6 +302,11 @@ def pod_kernel(
         if BINDING == 0:
             ticket = tl.atomic_add(sched_ptr + sm, 1) % (prefill_ratio + decode_ratio)
             op = (ticket >= prefill_ratio).to(tl.int32)
+        elif BINDING == 2:
+            handed_p = tl.atomic_add(sched_ptr + SM_SLOTS, 0)
+            handed_d = tl.atomic_add(sched_ptr + SM_SLOTS + 1, 0)
+            # the part whose share of its CTAs handed out so far is smaller: both parts run to the end
+            op = (handed_p * n_decode_ctas > handed_d * n_prefill_ctas).to(tl.int32)
         else:
             running_p = tl.atomic_add(sched_ptr + SM_SLOTS + 4 + sm, 0)
             running_d = tl.atomic_add(sched_ptr + 2 * SM_SLOTS + 4 + sm, 0)

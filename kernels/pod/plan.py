@@ -14,6 +14,8 @@ from kernels.workload import BatchSpec
 DEFAULT_MACHINE_BALANCE = 295.0
 # How many times the decodes' memory time the prefill's compute time must be for 2 CTAs per SM.
 PREFILL_DOMINANCE = 3.0
+# kernel's BINDING constexpr = index here
+BINDINGS = ("ticket", "resident", "progress")
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,10 @@ class PodConfig:
 
     ctas_per_sm: int | str = "auto"          # 2 | 4 | "auto"
     policy: str = "proportional"             # "proportional" | "50:50" | fixed tickets "P:D", e.g. "3:1"
-    # how a POD CTA applies the policy's P:D: "ticket" = the paper's per-SM ticket modulo P+D;
-    # "resident" = the part whose CTAs running on this SM now are furthest below their P:D share
-    binding: str = "ticket"                  # "ticket" | "resident"
+    # how a POD CTA picks its part: "ticket" = the paper's per-SM ticket modulo the policy's P+D;
+    # "resident" = the part whose CTAs running on this SM now are furthest below their P:D share;
+    # "progress" = the part that has handed out the smaller fraction of its CTAs (no policy used)
+    binding: str = "ticket"                  # "ticket" | "resident" | "progress"
     decode_q_tile: int | str = "auto"        # 16, 32, 64, 128 query rows per decode tile
     virtual_decode_ctas: int | str = "auto"  # work items per decode CTA
     prefill_split: str | int = "limited"     # "limited" (<= 2 waves) | "vanilla" (FlashDecoding) | fixed int
@@ -94,8 +97,8 @@ class PodConfig:
     machine_balance: float | None = None     # FLOP/byte for the automatic CTA choice
 
     def __post_init__(self):
-        if self.binding not in ("ticket", "resident"):
-            raise ValueError(f"binding must be 'ticket' or 'resident', got {self.binding!r}")
+        if self.binding not in BINDINGS:
+            raise ValueError(f"binding must be one of {', '.join(map(repr, BINDINGS))}, got {self.binding!r}")
         if self.ctas_per_sm not in (2, 4, "auto"):
             raise ValueError(f"ctas_per_sm must be 2, 4 or 'auto', got {self.ctas_per_sm!r}")
         if self.policy != "proportional" and _fixed_ratio(self.policy) is None:
@@ -137,7 +140,7 @@ class LaunchPlan:
     decode_ratio: int = 1
     num_sms: int = 1
     prefill_tma: bool = False  # prefill K/V through tensor descriptors (Hopper's copy engine)
-    binding: int = 0           # 0: per-SM tickets; 1: running CTAs per SM (PodConfig.binding)
+    binding: int = 0           # index into BINDINGS (PodConfig.binding)
     notes: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -223,7 +226,7 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
               t.maxnreg if cfg.maxnreg is None else cfg.maxnreg, cfg.decode_stages or t.decode_stages)
     notes = {}
     plan = dict(mode=mode, tiles=t, ctas_per_sm=cps, num_sms=num_sms, prefill_tma=cfg.prefill_loads == "tma",
-                binding=int(cfg.binding == "resident"))
+                binding=BINDINGS.index(cfg.binding))
     slots = num_sms * cps
 
     n_decode_items = n_decode_ctas = n_hblocks = 0
