@@ -12,8 +12,11 @@ from kernels.workload import BatchSpec
 # Machine balance (FLOP per byte) used by the automatic 2-vs-4 CTA choice when the caller gives
 # none: H100 SXM dense fp16 989 TFLOP/s over 3.35 TB/s.
 DEFAULT_MACHINE_BALANCE = 295.0
-# How many times the decodes' memory time the prefill's compute time must be for 2 CTAs per SM.
-PREFILL_DOMINANCE = 3.0
+# 2 CTAs per SM when the prefill's compute time at peak is at least this fraction of the decodes'
+# memory time at peak. Our prefill runs near half the tensor peak and our decode near 86% of the
+# memory peak, so 0.4 here is a prefill share near 0.42 of the serial time; above it 2 CTAs/SM won
+# on 14 of 19 batches of results/raw/pod_binding, below it 4 CTAs/SM won on 19 of 25.
+PREFILL_DOMINANCE = 0.4
 # kernel's BINDING constexpr = index here
 BINDINGS = ("ticket", "resident", "progress")
 
@@ -174,9 +177,7 @@ def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
         return 4
     if not spec.has_decode:
         return 2
-    # measured (results/pod_knobs): 4 CTAs/SM wins on every sampled figure-11 batch, 2 only when
-    # the prefill's compute clearly dominates, as in the paper's C2
-    return 2 if spec.flops()["prefill"] > PREFILL_DOMINANCE * balance * spec.bytes_moved()["decode"] else 4
+    return 2 if spec.flops()["prefill"] >= PREFILL_DOMINANCE * balance * spec.bytes_moved()["decode"] else 4
 
 
 def _fixed_ratio(policy) -> tuple[int, int] | None:
@@ -234,7 +235,10 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
         n_hblocks = math.ceil(m.group_size / t.decode_rows)
         base_items = spec.decode_batch * m.kv_heads * n_hblocks
         if cfg.decode_split == "auto":
-            s_d = flash_split_heuristic(base_items, slots, math.ceil(spec.decode_ctx / t.decode_n))
+            # parallelism is in CTAs of ``virtual`` items each: unsplit, 2 virtual items of a whole
+            # context per CTA made a tail of long decode CTAs with 2 CTAs/SM (pod_binding)
+            s_d = flash_split_heuristic(math.ceil(base_items / t.virtual), slots,
+                                        math.ceil(spec.decode_ctx / t.decode_n))
         else:
             s_d = cfg.decode_split
         n_decode_items = base_items * s_d
