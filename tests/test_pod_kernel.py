@@ -8,7 +8,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from kernels.adapters.pod_triton import smid_trace  # noqa: E402
-from kernels.pod.plan import PodConfig, flash_split_heuristic, make_plan, policy_ratio  # noqa: E402
+import math  # noqa: E402
+
+from kernels.pod.plan import (BINDINGS, DEFAULT_MACHINE_BALANCE, PREFILL_DOMINANCE, PodConfig,  # noqa: E402
+                              choose_ctas_per_sm, default_tiles, flash_split_heuristic, make_plan, policy_ratio)
 from kernels.registry import create  # noqa: E402
 from kernels.workload import BatchSpec, HybridBatch, ModelShape  # noqa: E402
 
@@ -85,13 +88,14 @@ def test_prefill_only_and_decode_only_batches():
             assert ((out[part].double() - ref[part]).norm() / ref[part].norm()) < 2e-3
 
 
+@pytest.mark.parametrize("binding", BINDINGS)
 @pytest.mark.parametrize("policy", ["proportional", "50:50"])
 @pytest.mark.parametrize("ctas_per_sm", [2, 4])
-def test_every_logical_cta_runs_once_under_any_sm_mapping(policy, ctas_per_sm):
+def test_every_logical_cta_runs_once_under_any_sm_mapping(policy, ctas_per_sm, binding):
     spec = BatchSpec(ModelShape("t", 4, 2, 64), prefill_len=40, prefill_kv_len=90, decode_batch=9,
                      decode_ctx=50)
     batch = HybridBatch.allocate(spec, "cpu")
-    cfg = PodConfig(policy=policy, ctas_per_sm=ctas_per_sm, prefill_split=2, decode_split=2)
+    cfg = PodConfig(policy=policy, ctas_per_sm=ctas_per_sm, prefill_split=2, decode_split=2, binding=binding)
     ref = naive_attention(batch)
     gen = torch.Generator().manual_seed(ctas_per_sm)
     plan = make_plan(spec, 3, 8, cfg)
@@ -106,7 +110,9 @@ def test_every_logical_cta_runs_once_under_any_sm_mapping(policy, ctas_per_sm):
         assert sorted(ctas[ops == 1].tolist()) == list(range(plan.n_decode_ctas))
         for part in out:
             assert ((out[part].double() - ref[part]).norm() / ref[part].norm()) < 2e-3
-        # counters were zeroed by the last CTA: a second launch schedules correctly again
+        assert (trace[:, 4] >= trace[:, 3]).all()  # end not before start (both 0 in the interpreter)
+        # counters were zeroed by the last CTA (running counts by each CTA's own decrement): a
+        # second launch schedules correctly again
         sched = run.launch_state.sched
         assert int(sched.abs().sum()) == 0
         run()
@@ -172,3 +178,81 @@ def test_decode_stages_knob():
     assert make_plan(spec, 3, 132, PodConfig(decode_stages=2)).tiles.decode_stages == 2
     with pytest.raises(ValueError, match="decode_stages"):
         PodConfig(decode_stages=0)
+
+
+def _ops_in_launch_order(batch, cfg, table=None):
+    """Part of each physical CTA in launch order (the interpreter runs CTAs one after another)."""
+    plan, trace, _, run = smid_trace(batch, cfg, table)
+    return plan, trace[:, 0].tolist(), run
+
+
+def test_progress_binding_keeps_both_parts_running_to_the_end():
+    spec = BatchSpec(ModelShape("t", 4, 2, 64), prefill_len=40, prefill_kv_len=90, decode_batch=9,
+                     decode_ctx=50)
+    batch = HybridBatch.allocate(spec, "cpu")
+    plan, ops, _ = _ops_in_launch_order(batch, PodConfig(binding="progress", prefill_split=2, decode_split=3))
+    n_p, n_d = plan.n_prefill_ctas, plan.n_decode_ctas
+    assert n_p != n_d and min(n_p, n_d) > 1
+    handed = [0, 0]
+    for op in ops:
+        handed[op] += 1
+        # the handed-out fractions never drift apart by more than one CTA of either part
+        assert abs(handed[0] * n_d - handed[1] * n_p) <= max(n_p, n_d)
+    # ticket binding with a 1:1 policy hands out prefill and decode alternately instead
+    _, ticket_ops, _ = _ops_in_launch_order(batch, PodConfig(policy="50:50", prefill_split=2, decode_split=3))
+    assert ticket_ops != ops
+
+
+def test_resident_binding_follows_the_running_ctas_of_the_sm():
+    spec = BatchSpec(ModelShape("t", 4, 2, 64), prefill_len=40, prefill_kv_len=90, decode_batch=9,
+                     decode_ctx=50)
+    batch = HybridBatch.allocate(spec, "cpu")
+    cfg = PodConfig(binding="resident", policy="50:50", prefill_split=2, decode_split=2)
+    plan = make_plan(spec, 3, 8, cfg)
+    n = plan.n_prefill_ctas + plan.n_decode_ctas
+    table = (torch.arange(n, dtype=torch.int32) % 2)  # CTAs alternate between SM 0 and SM 1
+    plan, ops, run = _ops_in_launch_order(batch, cfg, table)
+    # CTAs run one at a time here: nothing else is running on the SM, so each takes prefill first
+    assert ops[:plan.n_prefill_ctas] == [0] * plan.n_prefill_ctas
+    # pretend SM 0 holds many running prefill CTAs and SM 1 many running decode CTAs
+    sched = run.launch_state.sched
+    slots = (sched.numel() - 4) // 3
+    sched[slots + 4 + 0] = 100           # running prefill CTAs on SM 0
+    sched[2 * slots + 4 + 1] = 100       # running decode CTAs on SM 1
+    run()
+    trace = run.launch_state.trace
+    first = trace[:4, 0].tolist()  # SM 0, SM 1, SM 0, SM 1
+    assert first == [1, 0, 1, 0], first
+    # the seeded counts are untouched: each CTA's own increment and decrement cancel
+    assert int(sched[slots + 4]) == 100 and int(sched[2 * slots + 5]) == 100
+
+
+def test_ctas_per_sm_rule_threshold():
+    spec = BatchSpec(ModelShape("t", 32, 8, 128), prefill_len=1024, prefill_kv_len=16384, decode_batch=25,
+                     decode_ctx=16384)
+    # the balance at which the prefill FLOPs are exactly PREFILL_DOMINANCE x the decode bytes' worth
+    edge = spec.flops()["prefill"] / (PREFILL_DOMINANCE * spec.bytes_moved()["decode"])
+    assert choose_ctas_per_sm(spec, edge * 0.99) == 2
+    assert choose_ctas_per_sm(spec, edge * 1.01) == 4
+    assert choose_ctas_per_sm(spec.replace(decode_batch=0, decode_ctx=0), 1e9) == 2
+    assert choose_ctas_per_sm(spec.replace(prefill_len=0, prefill_kv_len=0), 1e-9) == 4
+    # this figure-11 batch sits above the threshold with the default balance: 2 CTAs per SM
+    assert make_plan(spec, 3, 132, PodConfig()).ctas_per_sm == 2
+    assert make_plan(spec, 3, 132, PodConfig(machine_balance=edge * 1.01)).ctas_per_sm == 4
+    assert DEFAULT_MACHINE_BALANCE > 0
+
+
+@pytest.mark.parametrize("ctas_per_sm", [2, 4])
+def test_decode_split_counts_ctas_of_virtual_items(ctas_per_sm):
+    spec = BatchSpec(ModelShape("t", 32, 8, 128), prefill_len=1024, prefill_kv_len=16384, decode_batch=20,
+                     decode_ctx=20480)
+    plan = make_plan(spec, 3, 132, PodConfig(ctas_per_sm=ctas_per_sm))
+    t = plan.tiles
+    base = spec.decode_batch * spec.model.kv_heads * plan.n_hblocks
+    assert t.virtual == default_tiles("fused", 128, ctas_per_sm).virtual
+    want = flash_split_heuristic(math.ceil(base / t.virtual), 132 * ctas_per_sm, math.ceil(spec.decode_ctx / t.decode_n))
+    assert plan.n_splits_d == want
+    assert plan.n_decode_ctas == math.ceil(base * want / t.virtual)
+    if t.virtual > 1 and ctas_per_sm == 2:
+        # 160 items in 80 CTAs of 2 fill less than 0.8 of the 264 slots: the decode is split
+        assert plan.n_splits_d > 1

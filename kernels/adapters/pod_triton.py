@@ -123,7 +123,7 @@ class POD(_TritonPod):
 def smid_trace(batch, config: PodConfig | None = None, smid_table: torch.Tensor | None = None):
     """Run POD once recording, for every physical CTA, (operation, logical CTA id, SM slot, start ns,
     end ns). Tests check with it that every logical CTA runs exactly once under any SM mapping; on
-    the GPU it gives the CTA timeline (experiments/pod_timeline.py)."""
+    the GPU it gives the CTA timeline (experiments/timeline.py)."""
     plan = make_plan(batch.spec, MODE_POD, num_sms(batch.device), config)
     n = plan.n_prefill_ctas + plan.n_decode_ctas
     trace = torch.full((n, 5), -1, dtype=torch.int64, device=batch.device)
