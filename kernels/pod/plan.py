@@ -15,7 +15,9 @@ DEFAULT_MACHINE_BALANCE = 295.0
 # 2 CTAs per SM when the prefill's compute time at peak is at least this fraction of the decodes'
 # memory time at peak. Our prefill runs near half the tensor peak and our decode near 86% of the
 # memory peak, so 0.4 here is a prefill share near 0.42 of the serial time; above it 2 CTAs/SM won
-# on 14 of 19 batches of results/raw/pod_binding, below it 4 CTAs/SM won on 19 of 25.
+# on 14 of 19 batches of results/raw/pod_binding, below it 4 CTAs/SM won on 19 of 25. On the 180
+# figure-11 batches the change touched (results/raw/pod_ctas_rule, one machine) POD was slower than
+# OURS_Serial on 19 with 0.4, on 27 with 0.5, on 49 with 0.6 and on 74 with 4 CTAs/SM throughout.
 PREFILL_DOMINANCE = 0.4
 # kernel's BINDING constexpr = index here
 BINDINGS = ("ticket", "resident", "progress")
