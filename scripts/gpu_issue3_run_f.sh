@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sixth issue-3 lease: re-time POD, OURS_CTA and OURS_Serial on the figure-11 batches whose POD or
-# OURS_CTA plan changed with the new CTAs-per-SM rule (scripts/drop_stale_plans.py removed their
+# Sixth issue-3 lease (and the ninth): re-time POD, OURS_CTA and OURS_Serial on the figure-11 batches whose POD or
+# OURS_CTA plan changed with the new CTAs-per-SM rule, or (ninth) where one of their lines had an IQR
+# above 5% of its median (scripts/drop_stale_plans.py [--noisy 0.05] removed their
 # lines); the resumable runner fills in exactly those, shard by shard.
 #   scripts/gpu_issue3_run_f.sh OUT_DIR
 set -u

@@ -45,6 +45,23 @@ def test_drops_stale_lines_and_their_pairs(tmp_path):
     assert serial_file.read_text() == serial[0] + serial_lines[0] + serial_lines[2]
 
 
+def test_noisy_selects_batches_by_spread(tmp_path):
+    pod = _lines(RAW / "extra-POD-shard-1-of-8.csv")
+    header = next(csv.reader([pod[0]]))
+    recs = [next(csv.reader([ln])) for ln in pod[1:4]]
+    i_iqr, i_med = header.index("iqr_ms"), header.index("median_ms")
+    recs[1][i_iqr] = str(0.2 * float(recs[1][i_med]))
+    recs[2][i_iqr] = str(0.01 * float(recs[2][i_med]))
+    path = tmp_path / "extra-POD.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(recs)
+    mod = _script()
+    assert mod.noisy_rows([str(path)], {"POD"}, 0.05) == {recs[1][header.index("row_key")]}
+    assert mod.noisy_rows([str(path)], {"OURS_Serial"}, 0.05) == set()
+
+
 def test_shipped_figure11_lines_record_the_current_plan():
     mod = _script()
     paths = sorted(glob.glob(str(RAW / "*.csv")))
