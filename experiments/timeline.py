@@ -5,8 +5,9 @@
 The experiment's ``timeline:`` section names the method labels (our Triton family's one-launch
 methods: POD, OURS_CTA and their option variants). Each (row, method) is launched ``warmup``
 times, then once with tracing on: every CTA records its part (0 prefill, 1 decode), its logical
-CTA id, its SM and its start and end on the GPU's global timer. An --out ending in .gz is written
-gzip-compressed (a launch has thousands of CTAs; each line carries the provenance columns). The traced launch's outputs are
+CTA id, its SM and its start and end on the GPU's global timer. An --out ending in .gz (or in
+.gz.partial, the workflow's file before its rename) is written gzip-compressed (a launch has
+thousands of CTAs; each line carries the provenance columns). The traced launch's outputs are
 checked against the reference attention; a method that fails the check gets one line with status
 ``failed_check`` and no CTAs. Lines carry times in microseconds from the launch's first CTA start.
 Re-running with the same --out resumes at the first (row, method) not yet written.
@@ -24,7 +25,7 @@ COLUMNS_HEAD = ["experiment", "row_key", "method", "status", "reason", "impl", "
 
 
 def _open(path: str, mode: str):
-    if path.endswith(".gz"):
+    if path.removesuffix(".partial").endswith(".gz"):
         return gzip.open(path, mode + "t", newline="")
     return open(path, mode, newline="")
 
