@@ -4,7 +4,9 @@
         --summary results/tables/figure11_summary.csv --out results/figures/figure11.png
 
 The YAML's ``plot:`` names a module ``figures/<plot>.py`` (default ``generic``) whose
-``plot(table, summary, meta)`` returns a matplotlib Figure.
+``plot(table, summary, meta)`` returns a matplotlib Figure. Experiments with a ``timeline:``
+section also pass ``--timeline`` and ``--timeline-summary`` (analysis.timeline's tables), which
+reach the plot as ``meta["timeline"]`` and ``meta["timeline_summary"]``.
 """
 from __future__ import annotations
 
@@ -42,8 +44,14 @@ def main(argv=None) -> None:
     ap.add_argument("--summary", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--smoke", action="store_true", help="apply the experiment's smoke overrides")
+    ap.add_argument("--timeline", type=Path, help="CTA timeline table of analysis.timeline (optional)")
+    ap.add_argument("--timeline-summary", type=Path, help="its per-launch summary (optional)")
     args = ap.parse_args(argv)
-    out = render(read_meta(args.experiment, smoke=args.smoke), pd.read_csv(args.table), pd.read_csv(args.summary), args.out)
+    meta = read_meta(args.experiment, smoke=args.smoke)
+    for key, path in (("timeline", args.timeline), ("timeline_summary", args.timeline_summary)):
+        if path is not None:
+            meta[key] = pd.read_csv(path)
+    out = render(meta, pd.read_csv(args.table), pd.read_csv(args.summary), args.out)
     print(f"wrote {out}")
 
 
