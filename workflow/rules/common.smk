@@ -1,4 +1,5 @@
 import glob
+import re
 import shutil
 from pathlib import Path
 
@@ -56,17 +57,60 @@ def raw_csvs(wildcards):
     return [f"{RESULTS}/raw/{wildcards.exp}/shard-{i}-of-{SHARDS}.csv" for i in range(SHARDS)]
 
 
-def has_profile(exp):
-    """True when experiments/<exp>.yaml asks for an Nsight Compute profile (profile: section).
-    False for targets without such a YAML (figure 7's microbenchmark), which Snakemake may still
-    test against the attention rules before the rule order picks its own."""
+def experiment_section(exp, key):
+    """The <key>: section of experiments/<exp>.yaml (with its smoke: override in smoke runs), or
+    None, also for targets without such a YAML (figure 7's microbenchmark), which Snakemake may
+    still test against the attention rules before the rule order picks its own."""
     import yaml
 
     path = Path(f"experiments/{exp}.yaml")
     if not path.exists():
-        return False
+        return None
     with open(path) as f:
-        return bool((yaml.safe_load(f) or {}).get("profile"))
+        doc = yaml.safe_load(f) or {}
+    if SMOKE and key in (doc.get("smoke") or {}):
+        return doc["smoke"][key]
+    return doc.get(key)
+
+
+def has_profile(exp):
+    """True when experiments/<exp>.yaml asks for an Nsight Compute profile (profile: section)."""
+    return bool(experiment_section(exp, "profile"))
+
+
+def has_timeline(exp):
+    """True when experiments/<exp>.yaml asks for a CTA timeline (timeline: section)."""
+    return bool(experiment_section(exp, "timeline"))
+
+
+def one_of(names):
+    """Wildcard constraint matching exactly these names (and nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+# Experiments with a CTA timeline. The table rules match only their own experiments: else
+# tables/pod_timeline_timeline.csv would also be aggregate's table of an experiment
+# "pod_timeline_timeline", and tables/pod_timeline_summary.csv the timeline summary of "pod".
+TIMELINE_EXPERIMENTS = [e for e in EXPERIMENTS if has_timeline(e)]
+
+
+def timeline_ctas(exp):
+    """The CTA trace of an experiment (experiments.timeline's CSV)."""
+    return f"{RESULTS}/raw/{exp}/timeline/ctas.csv.gz"
+
+
+def timeline_tables(exp):
+    """{"timeline": table, "timeline_summary": summary} of analysis.timeline for an experiment
+    with a timeline: section, else {}; shipped results have them only when the trace was committed."""
+    if not has_timeline(exp) or (SHIPPED and not Path(timeline_ctas(exp)).exists()):
+        return {}
+    return {"timeline": f"{RESULTS}/tables/{exp}_timeline.csv",
+            "timeline_summary": f"{RESULTS}/tables/{exp}_timeline_summary.csv"}
+
+
+def timeline_plot_inputs(wildcards):
+    """Optional inputs of plot (with unpack): the timeline tables of the experiment, if any."""
+    return timeline_tables(wildcards.exp)
 
 
 def ncu_csv(wildcards):
@@ -81,10 +125,11 @@ def ncu_csv(wildcards):
 
 
 def experiment_targets(exp):
-    """Final files of one experiment: its table, summary and figure."""
+    """Final files of one experiment: its table, summary and figure (and its timeline tables)."""
     return [
         f"{RESULTS}/tables/{exp}.csv",
         f"{RESULTS}/tables/{exp}_summary.csv",
+        *timeline_tables(exp).values(),
         f"{RESULTS}/figures/{exp}.png",
     ]
 
@@ -108,7 +153,7 @@ def require_gpu_if_needed():
     """
     if SMOKE or SHIPPED or not config["device"].startswith("cuda") or not workflow.local_exec:
         return
-    if not any(job.rule.name in ("build", "sweep_shard", "profile_ncu", "run_microbench") for job in workflow.dag.needrun_jobs()):
+    if not any(job.rule.name in ("build", "sweep_shard", "profile_ncu", "trace_timeline", "run_microbench") for job in workflow.dag.needrun_jobs()):
         return
     import torch
 

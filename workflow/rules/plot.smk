@@ -3,8 +3,10 @@ localrules:
 
 
 rule plot:
-    """Draw the experiment's figure with figures/<plot>.py (the YAML's plot: field)."""
+    """Draw the experiment's figure with figures/<plot>.py (the YAML's plot: field); experiments
+    with a timeline: section also get their CTA timeline tables."""
     input:
+        unpack(timeline_plot_inputs),
         experiment="experiments/{exp}.yaml",
         table=f"{RESULTS}/tables/{{exp}}.csv",
         summary=f"{RESULTS}/tables/{{exp}}_summary.csv",
@@ -14,8 +16,12 @@ rule plot:
         f"{RESULTS}/logs/plot/{{exp}}.log",
     params:
         flags=SMOKE_FLAG,
+        timeline=lambda wildcards, input: (
+            f"--timeline {input.timeline} --timeline-summary {input.timeline_summary}"
+            if "timeline" in input.keys() else ""
+        ),
     conda:
         "../envs/harness.yaml"
     shell:
         "python -m figures.plot --experiment {input.experiment} --table {input.table} "
-        "--summary {input.summary} --out {output} {params.flags} > {log} 2>&1"
+        "--summary {input.summary} --out {output} {params.flags} {params.timeline} > {log} 2>&1"

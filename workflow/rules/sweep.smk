@@ -37,3 +37,26 @@ rule profile_ncu:
     shell:
         "python -m experiments.profile {input.experiment} --out {output}.partial --no-progress > {log} 2>&1 "
         "&& mv {output}.partial {output}"
+
+
+rule trace_timeline:
+    """CTA timeline (part, SM, start and end of every CTA) of one traced launch per (hybrid batch,
+    method), for experiments with a timeline: section (one GPU job; smoke runs trace on the CPU,
+    where the Triton interpreter records every time as 0)."""
+    input:
+        experiment="experiments/{exp}.yaml",
+        build=f"{RESULTS}/build/{{exp}}.json",
+    output:
+        f"{RESULTS}/raw/{{exp}}/timeline/ctas.csv.gz",
+    log:
+        f"{RESULTS}/logs/timeline/{{exp}}.log",
+    params:
+        flags=RUN_FLAGS,
+    resources:
+        gpu=1,
+    conda:
+        "../envs/harness.yaml"
+    shell:
+        # experiments.timeline gzips a .gz.partial file too and resumes from it like the sweep.
+        "python -m experiments.timeline {input.experiment} --out {output}.partial {params.flags} --no-progress "
+        "> {log} 2>&1 && mv {output}.partial {output}"
