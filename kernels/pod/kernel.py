@@ -40,7 +40,7 @@ def _kv_rows(pos, page_row_ptr, page_size, s_page, s_tok, PAGED: tl.constexpr):
 def _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, kv_col, bt_row, page_size, Lq, Lk,
                    s_kp, s_kt, s_vp, s_vt, qk_scale,
                    D: tl.constexpr, BN: tl.constexpr, PAGED: tl.constexpr, MASK: tl.constexpr,
-                   CAUSAL: tl.constexpr, F32_DOT: tl.constexpr, TMA: tl.constexpr):
+                   CAUSAL: tl.constexpr, F32_DOT: tl.constexpr, TMA: tl.constexpr, SOFTMAX: tl.constexpr):
     offs_n = nb * BN + tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     n_ok = offs_n < Lk
@@ -58,17 +58,27 @@ def _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, kv_col, bt_row,
             kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None], mask=n_ok[None, :], other=0.0)
         else:
             kT = tl.load(k_base + rows_k[None, :] + offs_d[:, None])
-    s = _dot(q, kT, F32_DOT) * qk_scale
+    if SOFTMAX == 1:
+        s = _dot(q, kT, F32_DOT)
+    else:
+        s = _dot(q, kT, F32_DOT) * qk_scale
     if MASK:
         ok = n_ok[None, :]
         if CAUSAL:
             ok = ok & (offs_n[None, :] <= (Lk - Lq + offs_m)[:, None])
         s = tl.where(ok, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if SOFTMAX == 1:
+        # scale inside the exponent: one FMA per score instead of a multiply and a subtract
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
     if MASK:
         # a row may see no key in this block: keep exp2 away from (-inf) - (-inf)
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_new[:, None])
+    if SOFTMAX == 1:
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+    else:
+        p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     if TMA:
@@ -77,7 +87,10 @@ def _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, kv_col, bt_row,
         v = tl.load(v_base + rows_v[:, None] + offs_d[None, :], mask=n_ok[:, None], other=0.0)
     else:
         v = tl.load(v_base + rows_v[:, None] + offs_d[None, :])
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, F32_DOT)
+    if SOFTMAX == 1 and not F32_DOT:
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    else:
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, F32_DOT)
     return acc, m_new, l_i
 
 
@@ -86,7 +99,8 @@ def _prefill_tile(tile, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr,
                   Lq, Lk, H, GROUP, n_mblocks, n_splits, page_size,
                   s_qt, s_qh, s_kp, s_kt, s_kh, s_vp, s_vt, s_vh, s_ot, s_oh, qk_scale,
                   D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, PAGED: tl.constexpr,
-                  CAUSAL: tl.constexpr, F32_DOT: tl.constexpr, TMA: tl.constexpr):
+                  CAUSAL: tl.constexpr, F32_DOT: tl.constexpr, TMA: tl.constexpr,
+                  SOFTMAX: tl.constexpr = 0, WS: tl.constexpr = False):
     """One prefill logical CTA: BM query rows of one head over one KV split. With TMA, ``k_ptr`` and
     ``v_ptr`` are tensor descriptors of the dense (Lk, Hkv*D) KV."""
     split = tile % n_splits
@@ -121,14 +135,14 @@ def _prefill_tile(tile, q_ptr, k_ptr, v_ptr, o_ptr, po_ptr, plse_ptr, bt_ptr,
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
-    for nb in tl.range(lo, tl.minimum(hi, full_blocks)):
+    for nb in tl.range(lo, tl.minimum(hi, full_blocks), warp_specialize=WS):
         acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, kv_col, bt_ptr, page_size,
                                        Lq, Lk, s_kp, s_kt, s_vp, s_vt, qk_scale, D, BN, PAGED, False, CAUSAL,
-                                       F32_DOT, TMA)
+                                       F32_DOT, TMA, SOFTMAX)
     for nb in tl.range(tl.maximum(lo, full_blocks), hi):
         acc, m_i, l_i = _prefill_block(acc, m_i, l_i, q, nb, offs_m, k_base, v_base, kv_col, bt_ptr, page_size,
                                        Lq, Lk, s_kp, s_kt, s_vp, s_vt, qk_scale, D, BN, PAGED, True, CAUSAL,
-                                       F32_DOT, TMA)
+                                       F32_DOT, TMA, SOFTMAX)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if n_splits == 1:
@@ -272,7 +286,7 @@ def pod_kernel(
     BM: tl.constexpr, BN: tl.constexpr, PAGED_P: tl.constexpr, TMA_P: tl.constexpr,
     BH: tl.constexpr, BN_D: tl.constexpr, V: tl.constexpr, PAGED_D: tl.constexpr, DS: tl.constexpr,
     SM_SLOTS: tl.constexpr, USE_SMID_TABLE: tl.constexpr, INTERPRET: tl.constexpr, TRACE: tl.constexpr,
-    BINDING: tl.constexpr,
+    BINDING: tl.constexpr, PF_SOFTMAX: tl.constexpr = 0, PF_WS: tl.constexpr = False,
 ):
     """Prefill and/or decode attention of a hybrid batch; MODE picks how CTAs find their work.
 
@@ -325,7 +339,7 @@ def pod_kernel(
         _prefill_tile(cta, qp_ptr, kp_ptr, vp_ptr, op_ptr, pop_ptr, plsep_ptr, btp_ptr,
                       Lq, Lk, H, GROUP, n_mblocks, n_splits_p, page_size_p,
                       s_qpt, s_qph, s_kpp, s_kpt, s_kph, s_vpp, s_vpt, s_vph, s_opt, s_oph, qk_scale,
-                      D, BM, BN, PAGED_P, CAUSAL, INTERPRET, TMA_P)
+                      D, BM, BN, PAGED_P, CAUSAL, INTERPRET, TMA_P, PF_SOFTMAX, PF_WS)
     else:
         _decode_tile(cta, qd_ptr, kd_ptr, vd_ptr, od_ptr, pod_ptr, plsed_ptr, btd_ptr, seqlens_ptr,
                      B, H, GROUP, HKV, n_hblocks, n_splits_d, n_items, page_size_d, btd_stride,
