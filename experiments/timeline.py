@@ -10,7 +10,9 @@ CTA id, its SM and its start and end on the GPU's global timer. An --out ending 
 thousands of CTAs; each line carries the provenance columns). The traced launch's outputs are
 checked against the reference attention; a method that fails the check gets one line with status
 ``failed_check`` and no CTAs. Lines carry times in microseconds from the launch's first CTA start.
-Re-running with the same --out resumes at the first (row, method) not yet written.
+Re-running with the same --out resumes at the first (row, method) not yet written; a file cut
+short by a kill (a gzip stream without its end, a launch with only some of its lines) keeps its
+complete launches and traces the rest again.
 """
 from __future__ import annotations
 
@@ -19,22 +21,79 @@ import csv
 import gzip
 import os
 import sys
+import zlib
 
+# launch_lines: how many lines the (row, method) launch wrote, on each of them, so that a resume can
+# tell a launch cut short by a kill from a complete one
 COLUMNS_HEAD = ["experiment", "row_key", "method", "status", "reason", "impl", "pid", "op", "cta", "sm",
-                "start_us", "end_us"]
+                "start_us", "end_us", "launch_lines"]
 
 
-def _open(path: str, mode: str):
-    if path.removesuffix(".partial").endswith(".gz"):
+def _gz(path: str) -> bool:
+    return path.removesuffix(".partial").endswith(".gz")
+
+
+def _open(path: str, mode: str, gz: bool | None = None):
+    if _gz(path) if gz is None else gz:
         return gzip.open(path, mode + "t", newline="")
     return open(path, mode, newline="")
 
 
-def _done(path: str) -> set:
+def _read_salvage(path: str) -> tuple[list, list, bool]:
+    """(header, records, damaged) of ``path``: the records readable before any truncation (a gzip
+    stream without its end, a last line cut short); damaged says whether anything was cut."""
+    header, records, damaged = [], [], False
+    try:
+        with _open(path, "r") as f:
+            reader = csv.DictReader(f)
+            for rec in reader:
+                if None in rec.values() or None in rec:  # a line with too few or too many fields
+                    damaged = True
+                    break
+                records.append(rec)
+            header = list(reader.fieldnames or [])
+    except (EOFError, OSError, zlib.error, csv.Error):
+        damaged = True
+    return header, records, damaged
+
+
+def _complete_launches(records: list) -> list:
+    """The records of launches that wrote all their lines, in file order. Files written before
+    launch_lines existed count a launch complete unless it is the last one of a damaged file."""
+    groups: dict = {}
+    for rec in records:
+        groups.setdefault((rec["row_key"], rec["method"]), []).append(rec)
+    kept = []
+    for recs in groups.values():
+        want = recs[0].get("launch_lines") or ""
+        if want == "" or len(recs) == int(want):
+            kept.extend(recs)
+    return kept
+
+
+def _prepare_resume(path: str, header: list) -> set:
+    """(row_key, method) launches already complete in ``path``. A file cut short by a kill (or
+    written with another header) is rewritten with its complete launches only, so a resume neither
+    duplicates a launch nor keeps half of one."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return set()
-    with _open(path, "r") as f:
-        return {(r["row_key"], r["method"]) for r in csv.DictReader(f)}
+    old_header, records, damaged = _read_salvage(path)
+    kept = _complete_launches(records)
+    if damaged and kept and kept[-1] is records[-1] and not (records[-1].get("launch_lines") or ""):
+        # old-format file: its last launch may be partial, and nothing on the lines says so
+        last = (records[-1]["row_key"], records[-1]["method"])
+        kept = [r for r in kept if (r["row_key"], r["method"]) != last]
+    if damaged or len(kept) != len(records) or old_header != header:
+        tmp = path + ".salvage"
+        with _open(tmp, "w", gz=_gz(path)) as f:
+            writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(tmp, path)
+        if len(kept) != len(records) or damaged:
+            print(f"{path}: kept {len(kept)} lines of complete launches, dropped {len(records) - len(kept)} "
+                  f"of a launch cut short{' (file truncated)' if damaged else ''}", file=sys.stderr)
+    return {(r["row_key"], r["method"]) for r in kept}
 
 
 def trace_rows(trace) -> list:
@@ -87,7 +146,7 @@ def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = F
                                     "use one-launch methods of our Triton family (POD, OURS_CTA)")
     prov = provenance(dev)
     header = COLUMNS_HEAD + PROV  # the row_key names the batch
-    done = _done(out)
+    done = _prepare_resume(out, header)
     new_file = not os.path.exists(out) or os.path.getsize(out) == 0
     counts: dict = {}
     todo = [(r, lab) for r in rows for lab in labels if (r.row_key, lab) not in done]
@@ -124,6 +183,8 @@ def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = F
                     batch = ref = outs = None
             if not lines:
                 lines = [{**base, "status": status, "reason": reason, "impl": impl}]
+            for line in lines:
+                line["launch_lines"] = len(lines)
             writer.writerows(lines)
             f.flush()
             counts[status] = counts.get(status, 0) + 1

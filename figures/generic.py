@@ -28,5 +28,6 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
         ax.set_xticks(x, methods, rotation=30, ha="right")
         ax.set_ylabel(f"Speedup over {baseline_label(meta)}\n(bar: median, whiskers: min and max)")
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title(f"{meta['name']}: {machine_line(table)}")
+        # two lines: with few methods the figure is narrow and one line would run off its edge
+        ax.set_title(f"{meta['name']}\n{machine_line(table)}")
     return fig

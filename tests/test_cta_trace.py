@@ -57,3 +57,61 @@ def test_timeline_section_errors_name_the_field(tmp_path):
     df = pd.read_csv(tmp_path / "x.csv")
     assert df[["method", "status"]].values.tolist() == [["OURS_Serial", "unavailable"]]
     assert "two launches" in df["reason"].iloc[0]
+
+
+def _read_any(path):
+    with (gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)) as f:
+        return pd.read_csv(f)
+
+
+def _assert_whole_launches(df):
+    """Every (row, method) launch has all its lines once: pids 0..n-1 and launch_lines == n."""
+    for key, g in df.groupby(["row_key", "method"]):
+        assert g["pid"].tolist() == list(range(len(g))), key
+        assert (g["launch_lines"] == len(g)).all(), key
+
+
+def test_resume_after_a_kill_keeps_whole_launches(tmp_path):
+    yaml = ROOT / "experiments" / "pod_timeline.yaml"
+    out = tmp_path / "ctas.csv.gz"
+    r = _timeline(yaml, out, "--methods", "OURS_CTA,POD")
+    assert r.returncode == 0, r.stderr[-3000:]
+    full = _read_any(out)
+    _assert_whole_launches(full)
+    # a kill mid-write: the gzip stream loses its end (and with it part of the last launch)
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) - 200])
+    r = _timeline(yaml, out, "--methods", "OURS_CTA,POD")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cut short" in r.stderr
+    again = _read_any(out)
+    _assert_whole_launches(again)
+    assert sorted(again["method"].unique()) == ["OURS_CTA", "POD"]
+    assert len(again) == len(full)
+
+    # a plain CSV whose last launch has only some of its lines: that launch is traced again
+    plain = tmp_path / "ctas.csv"
+    full.to_csv(plain, index=False)
+    lines = plain.read_text().splitlines(keepends=True)
+    plain.write_text("".join(lines[:-3]))
+    r = _timeline(yaml, plain, "--methods", "OURS_CTA,POD")
+    assert r.returncode == 0, r.stderr[-3000:]
+    fixed = pd.read_csv(plain)
+    _assert_whole_launches(fixed)
+    assert len(fixed) == len(full)
+    assert fixed.iloc[: full["method"].eq("OURS_CTA").sum()].equals(full[full["method"] == "OURS_CTA"])
+
+
+def test_resume_of_a_file_without_launch_lines(tmp_path):
+    """Traces written before launch_lines existed: complete launches stay, nothing is traced again."""
+    yaml = ROOT / "experiments" / "pod_timeline.yaml"
+    out = tmp_path / "ctas.csv"
+    r = _timeline(yaml, out, "--methods", "OURS_CTA")
+    assert r.returncode == 0, r.stderr[-3000:]
+    old = pd.read_csv(out).drop(columns=["launch_lines"])
+    old.to_csv(out, index=False)
+    r = _timeline(yaml, out, "--methods", "OURS_CTA")
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = pd.read_csv(out)
+    assert again.drop(columns=["launch_lines"]).equals(old)
+    assert again["launch_lines"].isna().all()

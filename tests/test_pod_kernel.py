@@ -256,3 +256,19 @@ def test_decode_split_counts_ctas_of_virtual_items(ctas_per_sm):
     if t.virtual > 1 and ctas_per_sm == 2:
         # 160 items in 80 CTAs of 2 fill less than 0.8 of the 264 slots: the decode is split
         assert plan.n_splits_d > 1
+
+
+@pytest.mark.parametrize("extra", [{"PF_SOFTMAX": 1}, {"PF_SOFTMAX": 1, "PF_WS": True}], ids=["fma", "fma-ws"])
+@pytest.mark.parametrize("name,opts", [("OURS_prefill", {"prefill_split": 2}), ("POD", {"ctas_per_sm": 4})])
+def test_prefill_loop_switches_match_reference(extra, name, opts):
+    """The prefill-loop variants scripts/prefill_variants.py times (scale folded into exp2, automatic
+    warp specialisation of the unmasked loop) compute the same attention."""
+    spec = BatchSpec(ModelShape("t", 6, 2, 64), "float16", prefill_len=37, prefill_kv_len=101, decode_batch=3,
+                     decode_ctx=29)
+    batch = HybridBatch.allocate(spec, "cpu", seed=5)
+    ref = naive_attention(batch)
+    run = create(name, **opts).prepare(batch)
+    run.launch_state.meta.update(extra)
+    for part, out in run().items():
+        err = ((out.double() - ref[part]).norm() / ref[part].norm()).item()
+        assert err < TOL["float16"], f"{name} {part}: relative error {err:.2e}"
