@@ -79,7 +79,7 @@ def _prepare_resume(path: str, header: list) -> set:
         return set()
     old_header, records, damaged = _read_salvage(path)
     kept = _complete_launches(records)
-    if damaged and kept and kept[-1] is records[-1] and not (records[-1].get("launch_lines") or ""):
+    if damaged and records and not (records[-1].get("launch_lines") or ""):
         # old-format file: its last launch may be partial, and nothing on the lines says so
         last = (records[-1]["row_key"], records[-1]["method"])
         kept = [r for r in kept if (r["row_key"], r["method"]) != last]

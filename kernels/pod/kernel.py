@@ -297,7 +297,10 @@ def pod_kernel(
     decode_ratio (paper); 1 = the part whose running CTAs on this SM are furthest below their
     prefill_ratio:decode_ratio share, which follows the real residency and CTA lengths; 2 = the
     part that has handed out the smaller fraction of its CTAs, so both parts run until the end.
-    ``trace_ptr`` (int64, grid x 5) records op, logical CTA, SM, start and end time in ns."""
+    ``trace_ptr`` (int64, grid x 5) records op, logical CTA, SM, start and end time in ns.
+    PF_SOFTMAX = 1 folds the softmax scale into the exponent and accumulates P.V in place; PF_WS asks
+    Triton to warp-specialise the unmasked prefill loop. Both are off: neither was faster on H100
+    (scripts/prefill_variants.py)."""
     pid = tl.program_id(0)
     if TRACE:
         t_start = _now_ns(INTERPRET)
