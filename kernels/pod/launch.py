@@ -173,14 +173,17 @@ def prepare_launch(batch: HybridBatch, plan: LaunchPlan, paged: bool = False,
 
 def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan, plan_d: LaunchPlan, paged: bool = False,
                    streams: bool = False):
-    """Prefill launch then decode launch (own tiles each), on one stream or on two streams."""
+    """Prefill launch then decode launch (own tiles each), on one stream or on two streams. The
+    callable's ``launch_states`` are the two launches' states (one launch has ``launch_state``)."""
     run_p = prepare_launch(batch, plan_p, paged)
     run_d = prepare_launch(batch, plan_d, paged)
+    states = (run_p.launch_state, run_d.launch_state)
     if not streams:
         def run():
             out = run_p()
             out.update(run_d())
             return out
+        run.launch_states = states
         return run
     if batch.device.type != "cuda":
         raise ValueError("streams need a CUDA device")
@@ -197,6 +200,7 @@ def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan, plan_d: LaunchPlan, p
         main.wait_stream(s_p)
         main.wait_stream(s_d)
         return out
+    run_streams.launch_states = states
     return run_streams
 
 
