@@ -176,6 +176,12 @@ def test_decode_stages_knob():
                      decode_ctx=512)
     assert make_plan(spec, 3, 132, PodConfig()).tiles.decode_stages is None
     assert make_plan(spec, 3, 132, PodConfig(decode_stages=2)).tiles.decode_stages == 2
+    # the 2-CTA tile set pipelines its decode loop one deeper than its prefill loop by default
+    two = make_plan(spec, 3, 132, PodConfig(ctas_per_sm=2)).tiles
+    assert (two.num_stages, two.decode_stages) == (2, 3)
+    pod = create("POD", ctas_per_sm=2)
+    pod.last_plan = make_plan(spec, 3, 132, pod.config).as_dict()
+    assert pod.info()["impl"].endswith(" ds3")
     with pytest.raises(ValueError, match="decode_stages"):
         PodConfig(decode_stages=0)
 

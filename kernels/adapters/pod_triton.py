@@ -80,7 +80,8 @@ class _TritonPod(Method):
         t = p["tiles"]
         impl = (f"triton cps{p['ctas_per_sm']} tiles {t['block_m']}x{t['block_n']}/{t['decode_rows']}x{t['decode_n']} "
                 f"split {p['n_splits_p']}/{p['n_splits_d']} V{t['virtual']} ratio {p['prefill_ratio']}:{p['decode_ratio']}"
-                f"{(' ' + BINDINGS[p['binding']]) if p.get('binding') else ''}{' tma' if p.get('prefill_tma') else ''}")
+                f"{(' ' + BINDINGS[p['binding']]) if p.get('binding') else ''}{' tma' if p.get('prefill_tma') else ''}"
+                f"{' ds' + str(t['decode_stages']) if t.get('decode_stages') else ''}")
         return {"impl": impl, "plan": p}
 
 
