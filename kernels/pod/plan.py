@@ -13,12 +13,13 @@ from kernels.workload import BatchSpec
 # none: H100 SXM dense fp16 989 TFLOP/s over 3.35 TB/s.
 DEFAULT_MACHINE_BALANCE = 295.0
 # 2 CTAs per SM when the prefill's compute time at peak is at least this fraction of the decodes'
-# memory time at peak. Our prefill runs near half the tensor peak and our decode near 86% of the
-# memory peak, so 0.4 here is a prefill share near 0.42 of the serial time; above it 2 CTAs/SM won
-# on 14 of 19 batches of results/raw/pod_binding, below it 4 CTAs/SM won on 19 of 25. On the 180
-# figure-11 batches the change touched (results/raw/pod_ctas_rule, one machine) POD was slower than
-# OURS_Serial on 19 with 0.4, on 27 with 0.5, on 49 with 0.6 and on 74 with 4 CTAs/SM throughout.
-PREFILL_DOMINANCE = 0.4
+# memory time at peak (about 0.32 of the serial time is prefill there). With the 2-CTA set's decode
+# loop 3 deep, POD with 2 CTAs/SM against 4 on the 1268 figure-11 batches below the former 0.4
+# (results/raw/pod_ctas_ds3, one machine): 2 lose by 7% in the lowest tenth of this ratio and win by
+# 3% in the highest; the mean time over OURS_Serial is flat for thresholds 0.22-0.30 (0.879 against
+# 0.882 at 0.4), and leaving one model out at a time picks 0.22-0.29. Before, with the loop 2 deep,
+# 0.4 won (results/raw/pod_ctas_rule).
+PREFILL_DOMINANCE = 0.25
 # kernel's BINDING constexpr = index here
 BINDINGS = ("ticket", "resident", "progress")
 
