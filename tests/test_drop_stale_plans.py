@@ -20,13 +20,17 @@ def _script():
     return mod
 
 
-def _lines(path):
+def _lines(path, method):
+    """The header and the lines of ``method`` in ``path``, as written."""
     with open(path, newline="") as f:
-        return f.read().splitlines(keepends=True)
+        lines = f.read().splitlines(keepends=True)
+    i_method = next(csv.reader([lines[0]])).index("method")
+    return [lines[0]] + [ln for ln in lines[1:] if next(csv.reader([ln]))[i_method] == method]
 
 
 def test_drops_stale_lines_and_their_pairs(tmp_path):
-    pod, serial = _lines(RAW / "extra-POD-shard-0-of-8.csv"), _lines(RAW / "extra-OURS_Serial-shard-0-of-8.csv")
+    shipped = RAW / "ours-shard-0-of-8.csv"
+    pod, serial = _lines(shipped, "POD"), _lines(shipped, "OURS_Serial")
     keys = [next(csv.reader([ln]))[1] for ln in pod[1:4]]
     pod_file, serial_file = tmp_path / "extra-POD.csv", tmp_path / "extra-OURS_Serial.csv"
     impl = next(csv.reader([pod[2]]))[next(csv.reader([pod[0]])).index("impl")]
@@ -46,7 +50,7 @@ def test_drops_stale_lines_and_their_pairs(tmp_path):
 
 
 def test_noisy_selects_batches_by_spread(tmp_path):
-    pod = _lines(RAW / "extra-POD-shard-1-of-8.csv")
+    pod = _lines(RAW / "ours-shard-1-of-8.csv", "POD")
     header = next(csv.reader([pod[0]]))
     recs = [next(csv.reader([ln])) for ln in pod[1:4]]
     i_iqr, i_med = header.index("iqr_ms"), header.index("median_ms")
