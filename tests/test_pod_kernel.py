@@ -147,6 +147,12 @@ def test_plan_knobs():
     van = make_plan(spec.replace(decode_batch=1), 3, 132, PodConfig(prefill_split="vanilla", ctas_per_sm=2))
     assert lim.n_splits_p <= van.n_splits_p
     assert lim.n_prefill_ctas <= max(2 * 132, lim.n_prefill_ctas // lim.n_splits_p)
+    # a few long prefill CTAs beside decodes that fill two waves: "limited" leaves them unsplit,
+    # "two_waves" splits them within two waves like the paper
+    long_kv = spec.replace(prefill_len=512, prefill_kv_len=20480, decode_batch=200)
+    assert make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=4)).n_splits_p == 1
+    waves = make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=4, prefill_split="two_waves"))
+    assert 1 < waves.n_splits_p and waves.n_prefill_ctas <= 2 * 132
     auto = make_plan(spec, 3, 132, PodConfig())
     assert auto.ctas_per_sm in (2, 4) and auto.tiles.decode_rows == 16
     heavy = spec.replace(prefill_len=12288, decode_batch=8)

@@ -90,7 +90,9 @@ class PodConfig:
     binding: str = "ticket"                  # "ticket" | "resident" | "progress"
     decode_q_tile: int | str = "auto"        # 16, 32, 64, 128 query rows per decode tile
     virtual_decode_ctas: int | str = "auto"  # work items per decode CTA
-    prefill_split: str | int = "limited"     # "limited" (<= 2 waves) | "vanilla" (FlashDecoding) | fixed int
+    # "two_waves": the paper's limit, at most two full waves of prefill CTAs; "limited": that, and no
+    # split at all once the decodes alone fill two waves; "vanilla": FlashDecoding's; or a fixed int
+    prefill_split: str | int = "limited"
     decode_split: str | int = "auto"         # "auto" | fixed int
     kv_layout: str = "dense"                 # "dense" | "paged" (block table into the page pool)
     # "tma": prefill K/V through tensor descriptors (Hopper's copy engine, dense KV, sm_90+); measured
@@ -116,9 +118,9 @@ class PodConfig:
             raise ValueError(f"decode_q_tile must be 16, 32, 64, 128 or 'auto', got {self.decode_q_tile!r}")
         if self.virtual_decode_ctas != "auto" and self.virtual_decode_ctas not in (1, 2, 4, 8):
             raise ValueError("virtual_decode_ctas must be 1, 2, 4, 8 or 'auto'")
-        if not (self.prefill_split in ("limited", "vanilla") or
+        if not (self.prefill_split in ("limited", "two_waves", "vanilla") or
                 (isinstance(self.prefill_split, int) and self.prefill_split >= 1)):
-            raise ValueError("prefill_split must be 'limited', 'vanilla' or a positive int")
+            raise ValueError("prefill_split must be 'limited', 'two_waves', 'vanilla' or a positive int")
         if not (self.decode_split == "auto" or (isinstance(self.decode_split, int) and self.decode_split >= 1)):
             raise ValueError("decode_split must be 'auto' or a positive int")
         if self.kv_layout not in ("dense", "paged"):
@@ -259,10 +261,10 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
             s_p = cfg.prefill_split
         else:
             s_p = flash_split_heuristic(work, slots, n_blocks)
-            if cfg.prefill_split == "limited" and mode in (2, 3):
-                # paper 4.2.4: at most two full waves of prefill CTAs, none when decodes fill them
+            if cfg.prefill_split in ("limited", "two_waves") and mode in (2, 3):
+                # paper 4.2.4: at most two full waves of prefill CTAs
                 s_p = min(s_p, max(1, (2 * num_sms) // work))
-                if n_decode_ctas >= 2 * num_sms:
+                if cfg.prefill_split == "limited" and n_decode_ctas >= 2 * num_sms:
                     s_p = 1
                 notes["prefill_split_vanilla"] = flash_split_heuristic(work, slots, n_blocks)
         plan.update(n_mblocks=n_mblocks, n_splits_p=s_p, n_prefill_ctas=work * s_p)
