@@ -150,8 +150,8 @@ def test_plan_knobs():
     # a few long prefill CTAs beside decodes that fill two waves: "limited" leaves them unsplit,
     # "two_waves" splits them within two waves like the paper
     long_kv = spec.replace(prefill_len=512, prefill_kv_len=20480, decode_batch=200)
-    assert make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=4)).n_splits_p == 1
-    waves = make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=4, prefill_split="two_waves"))
+    assert make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=4, prefill_split="limited")).n_splits_p == 1
+    waves = make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=4))
     assert 1 < waves.n_splits_p and waves.n_prefill_ctas <= 2 * 132
     auto = make_plan(spec, 3, 132, PodConfig())
     assert auto.ctas_per_sm in (2, 4) and auto.tiles.decode_rows == 16

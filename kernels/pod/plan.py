@@ -91,8 +91,12 @@ class PodConfig:
     decode_q_tile: int | str = "auto"        # 16, 32, 64, 128 query rows per decode tile
     virtual_decode_ctas: int | str = "auto"  # work items per decode CTA
     # "two_waves": the paper's limit, at most two full waves of prefill CTAs; "limited": that, and no
-    # split at all once the decodes alone fill two waves; "vanilla": FlashDecoding's; or a fixed int
-    prefill_split: str | int = "limited"
+    # split at all once the decodes alone fill two waves; "vanilla": FlashDecoding's; or a fixed int.
+    # "limited" left a few prefill CTAs with chains of up to 640 key blocks beside the decodes; on 401
+    # decode-dominated figure-11 batches "two_waves" was never more than 3% slower than OURS_Serial
+    # (POD with "limited": 20-26 slower, up to 7.8%), 0.8% faster than "limited" where the plans
+    # differ, in two passes (results/raw/pod_decode_dominant)
+    prefill_split: str | int = "two_waves"
     decode_split: str | int = "auto"         # "auto" | fixed int
     kv_layout: str = "dense"                 # "dense" | "paged" (block table into the page pool)
     # "tma": prefill K/V through tensor descriptors (Hopper's copy engine, dense KV, sm_90+); measured
