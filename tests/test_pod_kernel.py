@@ -153,6 +153,11 @@ def test_plan_knobs():
     assert make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=4, prefill_split="limited")).n_splits_p == 1
     waves = make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=4))
     assert 1 < waves.n_splits_p and waves.n_prefill_ctas <= 2 * 132
+    # "auto" keeps "limited" for 2 CTAs/SM
+    assert make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=2)).n_splits_p == 1
+    assert make_plan(long_kv, 3, 132, PodConfig(ctas_per_sm=2, prefill_split="two_waves")).n_splits_p > 1
+    with pytest.raises(ValueError, match="prefill_split"):
+        PodConfig(prefill_split="three_waves")
     auto = make_plan(spec, 3, 132, PodConfig())
     assert auto.ctas_per_sm in (2, 4) and auto.tiles.decode_rows == 16
     heavy = spec.replace(prefill_len=12288, decode_batch=8)

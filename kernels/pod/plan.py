@@ -91,12 +91,14 @@ class PodConfig:
     decode_q_tile: int | str = "auto"        # 16, 32, 64, 128 query rows per decode tile
     virtual_decode_ctas: int | str = "auto"  # work items per decode CTA
     # "two_waves": the paper's limit, at most two full waves of prefill CTAs; "limited": that, and no
-    # split at all once the decodes alone fill two waves; "vanilla": FlashDecoding's; or a fixed int.
-    # "limited" left a few prefill CTAs with chains of up to 640 key blocks beside the decodes; on 401
-    # decode-dominated figure-11 batches "two_waves" was never more than 3% slower than OURS_Serial
-    # (POD with "limited": 20-26 slower, up to 7.8%), 0.8% faster than "limited" where the plans
-    # differ, in two passes (results/raw/pod_decode_dominant)
-    prefill_split: str | int = "two_waves"
+    # split at all once the decodes alone fill two waves; "vanilla": FlashDecoding's; a fixed int; or
+    # "auto": "limited" with 2 CTAs/SM (prefill-heavy batches), "two_waves" with 4. "limited" left a
+    # few prefill CTAs with chains of up to 640 key blocks beside the decodes: on 401 decode-dominated
+    # figure-11 batches "two_waves" was never more than 3% slower than OURS_Serial (with "limited":
+    # 20-26 slower, up to 7.8%), 0.8% faster where the plans differ (results/raw/pod_decode_dominant);
+    # on the 261 kept batches it changes it was 0.2% faster with 4 CTAs/SM and 4% slower with 2
+    # (results/raw/pod_split_kept), two passes each
+    prefill_split: str | int = "auto"
     decode_split: str | int = "auto"         # "auto" | fixed int
     kv_layout: str = "dense"                 # "dense" | "paged" (block table into the page pool)
     # "tma": prefill K/V through tensor descriptors (Hopper's copy engine, dense KV, sm_90+); measured
@@ -122,9 +124,9 @@ class PodConfig:
             raise ValueError(f"decode_q_tile must be 16, 32, 64, 128 or 'auto', got {self.decode_q_tile!r}")
         if self.virtual_decode_ctas != "auto" and self.virtual_decode_ctas not in (1, 2, 4, 8):
             raise ValueError("virtual_decode_ctas must be 1, 2, 4, 8 or 'auto'")
-        if not (self.prefill_split in ("limited", "two_waves", "vanilla") or
+        if not (self.prefill_split in ("auto", "limited", "two_waves", "vanilla") or
                 (isinstance(self.prefill_split, int) and self.prefill_split >= 1)):
-            raise ValueError("prefill_split must be 'limited', 'two_waves', 'vanilla' or a positive int")
+            raise ValueError("prefill_split must be 'auto', 'limited', 'two_waves', 'vanilla' or a positive int")
         if not (self.decode_split == "auto" or (isinstance(self.decode_split, int) and self.decode_split >= 1)):
             raise ValueError("decode_split must be 'auto' or a positive int")
         if self.kv_layout not in ("dense", "paged"):
@@ -265,10 +267,13 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
             s_p = cfg.prefill_split
         else:
             s_p = flash_split_heuristic(work, slots, n_blocks)
-            if cfg.prefill_split in ("limited", "two_waves") and mode in (2, 3):
+            limit = cfg.prefill_split
+            if limit == "auto":
+                limit = "limited" if cps == 2 else "two_waves"
+            if limit in ("limited", "two_waves") and mode in (2, 3):
                 # paper 4.2.4: at most two full waves of prefill CTAs
                 s_p = min(s_p, max(1, (2 * num_sms) // work))
-                if cfg.prefill_split == "limited" and n_decode_ctas >= 2 * num_sms:
+                if limit == "limited" and n_decode_ctas >= 2 * num_sms:
                     s_p = 1
                 notes["prefill_split_vanilla"] = flash_split_heuristic(work, slots, n_blocks)
         plan.update(n_mblocks=n_mblocks, n_splits_p=s_p, n_prefill_ctas=work * s_p)
