@@ -11,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "results" / "raw" / "figure11"
+# the shipped files that hold POD and OURS_Serial lines of one batch side by side
+SHIPPED = [RAW / f"same-machine-shard-{i}-of-8.csv" for i in range(8)]
 
 
 def _script():
@@ -29,7 +31,7 @@ def _lines(path, method):
 
 
 def test_drops_stale_lines_and_their_pairs(tmp_path):
-    shipped = RAW / "ours-shard-0-of-8.csv"
+    shipped = SHIPPED[0]
     pod, serial = _lines(shipped, "POD"), _lines(shipped, "OURS_Serial")
     keys = [next(csv.reader([ln]))[1] for ln in pod[1:4]]
     pod_file, serial_file = tmp_path / "extra-POD.csv", tmp_path / "extra-OURS_Serial.csv"
@@ -50,7 +52,7 @@ def test_drops_stale_lines_and_their_pairs(tmp_path):
 
 
 def test_noisy_selects_batches_by_spread(tmp_path):
-    pod = _lines(RAW / "ours-shard-1-of-8.csv", "POD")
+    pod = _lines(SHIPPED[1], "POD")
     header = next(csv.reader([pod[0]]))
     recs = [next(csv.reader([ln])) for ln in pod[1:4]]
     i_iqr, i_med = header.index("iqr_ms"), header.index("median_ms")
