@@ -138,7 +138,8 @@ def test_plan_knobs():
     spec = BatchSpec(ModelShape("t", 16, 4, 128), prefill_len=1024, prefill_kv_len=12288, decode_batch=80,
                      decode_ctx=12288)
     assert policy_ratio("50:50", 10, 90, 4) == (1, 1)
-    assert policy_ratio("proportional", 30, 10, 4) == (3, 1)
+    assert policy_ratio("proportional", 30, 10, 4) == (2, 2)  # prefill gets at most half an SM
+    assert policy_ratio("3:1", 30, 10, 4) == (3, 1)
     assert policy_ratio("proportional", 10, 90, 4) == (1, 3)
     assert policy_ratio("proportional", 10, 10, 2) == (1, 1)
     assert flash_split_heuristic(300, 132, 100) == 1
