@@ -215,7 +215,7 @@ def policy_ratio(policy: str, n_prefill: int, n_decode: int, ctas_per_sm: int) -
         return _fixed_ratio(policy)
     share = n_prefill / (n_prefill + n_decode)
     # At most half of an SM's CTAs for prefill: on the 14 kept figure-11 batches where the CTA counts
-    # gave 3:1, 2:2 was 6.5% faster in two passes, while 1:3 and 2:2 were within noise of the best
+    # gave 3:1, 2:2 was 6.4-6.8% faster in two passes, while 1:3 and 2:2 were within noise of the best
     # fixed share elsewhere (results/raw/pod_policy_cps4, 1040 batches with 4 CTAs per SM).
     p = min(max(round(share * ctas_per_sm), 1), max(1, ctas_per_sm // 2))
     return p, ctas_per_sm - p
