@@ -1,19 +1,21 @@
-# GPU image of the harness: CUDA + PyTorch, the project's requirements and FlashInfer.
+# GPU image of the harness: CUDA 13 toolkit (nvcc, for FlashInfer's JIT and figure 7's benchmark),
+# Python 3.12 and the pinned GPU install (requirements/gpu.txt).
 #   docker build -t pod-attention-harness .
-#   docker run --gpus all --rm -it -v "$PWD/results:/workspace/pod-harness/results" \
+#   docker run --gpus all --rm -it -v "$PWD/results-new:/workspace/pod-harness/results-new" \
 #       pod-attention-harness make figure11
-FROM pytorch/pytorch:2.7.1-cuda12.8-cudnn9-devel
+FROM nvidia/cuda:13.0.0-devel-ubuntu24.04
 
-ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 # make for the entry points; git so that provenance records the commit.
-RUN apt-get update && apt-get install -y --no-install-recommends make git \
-    && rm -rf /var/lib/apt/lists/*
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev make git \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
 
 WORKDIR /workspace/pod-harness
-# Requirements first so that code edits do not reinstall them. The base image's torch satisfies
-# torch>=2.4 and is kept. flash-attn (optional, a long compile) is left out: see requirements-gpu.txt.
-COPY requirements.txt requirements-gpu.txt ./
-RUN pip install -r requirements.txt -r requirements-gpu.txt
+# Requirements first so that code edits do not reinstall them.
+COPY requirements/ requirements/
+RUN pip install -r requirements/gpu.txt
 COPY . .
 
 CMD ["make", "help"]

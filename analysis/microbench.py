@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.atomic import write_csv
+from analysis.validate import MICROBENCH, load_checked
+
 FUSED = ["serial", "streams", "intra_thread", "warp_parallel", "cta_parallel", "sm_aware_cta"]
+
+
+def load_raw(path) -> pd.DataFrame:
+    """The raw CSV of experiments.microbench_run, every line checked (file and line named on error)."""
+    return load_checked([path], MICROBENCH)
 
 
 def build_table(raw: pd.DataFrame) -> pd.DataFrame:
@@ -48,11 +56,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out-table", required=True, type=Path)
     ap.add_argument("--out-summary", required=True, type=Path)
     args = ap.parse_args(argv)
-    table = build_table(pd.read_csv(args.raw))
-    for path, frame in ((args.out_table, table), (args.out_summary, summarize(table))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
-    print(f"wrote {args.out_table} and {args.out_summary}")
+    # Every raw line is checked (analysis.validate.MICROBENCH) and both tables computed before writing.
+    table = build_table(load_raw(args.raw))
+    summary = summarize(table)
+    for path, frame in ((args.out_table, table), (args.out_summary, summary)):
+        print(f"{'wrote' if write_csv(frame, path, index=False) else 'unchanged:'} {path}")
 
 
 if __name__ == "__main__":

@@ -27,20 +27,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.atomic import write_csv
+from analysis.validate import CTAS, load_checked
+
 PARTS = {0: "prefill", 1: "decode"}
 KEYS = ["row_key", "method"]
 STATES = ["only_prefill", "only_decode", "both", "idle"]
-REQUIRED = KEYS + ["status", "op", "start_us", "end_us"]
 DEFAULT_POINTS = 200
 
 
-def load_ctas(path) -> pd.DataFrame:
-    """The CTA CSV (gzip or not) of experiments.timeline; fails on missing columns or unknown parts."""
-    ctas = pd.read_csv(path)
-    missing = [c for c in REQUIRED if c not in ctas.columns]
-    if missing:
-        raise ValueError(f"{path}: no column {', '.join(missing)}; is this experiments.timeline's CSV?")
-    return ctas
+def load_ctas(path, experiment: str | None = None) -> pd.DataFrame:
+    """The CTA CSV (gzip or not) of experiments.timeline, every line checked (analysis.validate.CTAS:
+    columns, status, times on traced lines, one experiment); a bad line raises RawDataError
+    naming file and line."""
+    return load_checked([path], CTAS, experiment)
 
 
 def traced(ctas: pd.DataFrame) -> pd.DataFrame:
@@ -155,13 +155,13 @@ def main(argv=None) -> None:
 
     ctas = load_ctas(args.ctas)
     table, summary = running_series(ctas, args.points), summarize(ctas)
-    for path, frame in ((args.out_table, table), (args.out_summary, summary)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
+    written = [write_csv(frame, path, index=False) for path, frame in ((args.out_table, table),
+                                                                        (args.out_summary, summary))]
     zero = int(summary["zero_times"].eq(True).sum()) if "zero_times" in summary else 0
     print(f"{len(summary)} (batch, method) launches, {int(summary['status'].eq('ok').sum())} traced"
           + (f", {zero} with all CTA times 0 (no timing: CPU interpreter)" if zero else "")
-          + f"; wrote {args.out_table} and {args.out_summary}")
+          + "; " + "; ".join(f"{'wrote' if w else 'unchanged:'} {p}"
+                             for w, p in zip(written, (args.out_table, args.out_summary))))
 
 
 if __name__ == "__main__":

@@ -168,19 +168,30 @@ def _merge_smoke(doc: dict) -> dict:
     return out
 
 
-def load_experiment(path, smoke: bool = False) -> Experiment:
-    """Read and validate an experiment YAML (with its ``smoke`` overrides when ``smoke``)."""
+def load_experiment(path, smoke: bool = False, check_methods: bool = True) -> Experiment:
+    """Read and validate an experiment YAML (with its ``smoke`` overrides when ``smoke``).
+    ``check_methods`` also checks every name it uses (registered methods, baseline, filter parts,
+    plot module), as the build and the runner do before any GPU work."""
     path = str(path)
     doc = _load_yaml(path)
     if not isinstance(doc, dict):
         raise ExperimentError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
     schema = _load_yaml(SCHEMA_PATH)
     _validate(doc, path, schema)
+    stem = Path(path).stem
+    if doc["name"] != stem:
+        raise ExperimentError(f"{path}: name: {doc['name']!r} must equal the file name {stem!r} (targets, raw "
+                              f"folders and tables are named after the file)")
     if smoke:
+        if not doc.get("smoke"):
+            raise ExperimentError(f"{path}: smoke: section missing; a smoke run (CPU, Triton interpreter) needs "
+                                  f"tiny shapes: add a smoke: section (see experiments/figure11.yaml)")
         doc = _merge_smoke(doc)
-        _validate(doc, f"{path} (with smoke overrides)", schema)
+        where = f"{path} (with smoke overrides)"
+        _validate(doc, where, schema)
     else:
         doc = {k: v for k, v in doc.items() if k != "smoke"}
+        where = path
 
     dt = doc.get("dtype", "float16")
     dtypes = [dt] if isinstance(dt, str) else list(dt)
@@ -195,6 +206,8 @@ def load_experiment(path, smoke: bool = False) -> Experiment:
             raise ExperimentError(f"{path}: methods[{i}]: duplicate method label {ms.label!r}")
         labels.add(ms.label)
         methods.append(ms)
+    if check_methods:
+        _check_methods(doc, methods, where)
     grid = None
     if "grid" in doc:
         grid = {**GRID_DEFAULTS, **doc["grid"]}
@@ -205,6 +218,33 @@ def load_experiment(path, smoke: bool = False) -> Experiment:
                       models=models, grid=grid, configs=list(doc.get("configs", [])), methods=methods,
                       timing={**TIMING_DEFAULTS, **doc.get("timing", {})}, filter=dict(doc.get("filter", {})),
                       smoke=smoke, raw=doc)
+
+
+def _check_methods(doc: dict, methods: list, where: str) -> None:
+    """Every name the experiment uses must exist before any GPU work: registered methods, the
+    baseline, the filter's parts and the plot module."""
+    from kernels.catalogue import DEFAULT_BASELINE, DEFAULT_MIN_PART_FRACTION, FILTER_PARTS, available_methods
+    from kernels.registry import load_all
+
+    registered = load_all()
+    for i, ms in enumerate(methods):
+        if ms.method not in registered:
+            raise ExperimentError(f"{where}: methods[{i}]: unknown method {ms.method!r}; registered: "
+                                  f"{', '.join(sorted(registered))}")
+    labels = [ms.label for ms in methods]
+    known = available_methods(labels)
+    baseline = doc.get("baseline", DEFAULT_BASELINE)
+    if baseline not in known:
+        raise ExperimentError(f"{where}: baseline: {baseline!r} is neither a method of this experiment nor a sum "
+                              f"of its methods; methods: {', '.join(labels)}")
+    fraction = (doc.get("filter") or {}).get("min_part_fraction", DEFAULT_MIN_PART_FRACTION)
+    missing = [p for p in FILTER_PARTS if p not in labels]
+    if fraction > 0 and missing:
+        raise ExperimentError(f"{where}: filter.min_part_fraction: {fraction} needs the methods "
+                              f"{', '.join(FILTER_PARTS)} (missing {', '.join(missing)}); set it to 0 to keep every row")
+    plot = doc.get("plot", "generic")
+    if not (HERE.parent / "figures" / f"{plot}.py").exists():
+        raise ExperimentError(f"{where}: plot: no module figures/{plot}.py")
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -301,13 +341,17 @@ def _grid_specs(exp: Experiment, gpu_memory_bytes, sm_count):
                         batches = sm_fill_batches(model, sm_fill["ctas_per_sm"], sm_fill["extra"], sm_count)
                     else:
                         batches = list(dict.fromkeys(g["decode_batch"]))
-                    n = ctx // cs
+                    # A context that is not a multiple of the chunk ends in a shorter chunk, as in a
+                    # serving system: every token of the prompt is prefilled.
+                    n = -(-ctx // cs)
                     idx = range(n) if g["chunk_index"] == "all" else \
                         [i + n if i < 0 else i for i in g["chunk_index"] if -n <= i < n]
                     for bs in batches:
                         for ci in idx:
-                            yield ci, BatchSpec(model=model, dtype=dtype, prefill_len=cs, prefill_kv_len=(ci + 1) * cs,
-                                                decode_batch=bs, decode_ctx=ctx, page_size=g["page_size"])
+                            end = min((ci + 1) * cs, ctx)
+                            yield ci, BatchSpec(model=model, dtype=dtype, prefill_len=end - ci * cs,
+                                                prefill_kv_len=end, decode_batch=bs, decode_ctx=ctx,
+                                                page_size=g["page_size"])
 
 
 def _config_specs(exp: Experiment):
@@ -335,22 +379,27 @@ def expand(exp: Experiment, gpu_memory_bytes: float | None = None, sm_count: int
     """All rows of the experiment (grid first, then configs), group-contiguous, deterministic order.
     ``gpu_memory_bytes`` sizes memory-filling decode batches and ``sm_count`` SM-filling ones
     (default for both: the YAML's pin, else the CUDA device)."""
-    items = []
+    items, seen = [], set()
     if exp.grid is not None:
-        items += list(_grid_specs(exp, gpu_memory_bytes, sm_count))
-    items += list(_config_specs(exp))
+        # Two chunk sizes can reach the same hybrid batch (the 16-token tail of a 48-token context
+        # in 32-token chunks is also a 16-token chunk): it is one workload, timed once.
+        for ci, spec in _grid_specs(exp, gpu_memory_bytes, sm_count):
+            if row_key(spec) not in seen:
+                seen.add(row_key(spec))
+                items.append((ci, spec))
+    for ci, spec in _config_specs(exp):
+        rk = row_key(spec)
+        if rk in seen:
+            raise ExperimentError(f"{exp.path}: hybrid batch {rk} appears twice")
+        seen.add(rk)
+        items.append((ci, spec))
     by_group: dict = {}
     for ci, spec in items:
         by_group.setdefault(group_key(spec), []).append((ci, spec))
-    rows, seen = [], set()
+    rows = []
     for gk, members in by_group.items():
         cap = max(s.prefill_kv_len for _, s in members)
-        for ci, spec in members:
-            rk = row_key(spec)
-            if rk in seen:
-                raise ExperimentError(f"{exp.path}: hybrid batch {rk} appears twice")
-            seen.add(rk)
-            rows.append(Row(rk, gk, ci, spec, cap))
+        rows += [Row(row_key(spec), gk, ci, spec, cap) for ci, spec in members]
     return rows
 
 

@@ -1,10 +1,13 @@
 """Run an experiment (or one shard of it) and append one CSV line per (hybrid batch, method).
 
-    python -m experiments.run EXPERIMENT.yaml --out CSV [--shard I/N] [--smoke] [--device cuda|cpu]
-        [--max-rows K] [--methods A,B] [--gpu-memory-gb X] [--import-module MOD ...] [--list]
+    python -m experiments.run EXPERIMENT.yaml --out CSV [--journal CSV] [--shard I/N] [--smoke]
+        [--device cuda|cpu] [--max-rows K] [--methods A,B] [--gpu-memory-gb X] [--import-module MOD ...] [--list]
 
-Shards are 0-based (I in 0..N-1) and deal whole groups round-robin. Re-running with the same --out
-resumes: (row_key, method) pairs already in the file are skipped. ``--import-module`` imports extra
+Shards are 0-based (I in 0..N-1) and deal whole groups round-robin; a shard may be empty (more
+shards than groups) and then gets a header-only CSV. Re-running with the same --out (or --journal)
+resumes: (row_key, method) pairs already in the file are skipped. The workflow passes --journal
+(rows appended as they finish, kept across reruns) and --out (written whole at the end), so a
+rerun after any interruption recomputes nothing that had finished. ``--import-module`` imports extra
 modules that register methods (out-of-tree adapters, test fakes) before the methods are created.
 Exit status: 0 when the run finished (failed/unavailable methods are results), 2 on bad input.
 """
@@ -47,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="experiment YAML, e.g. experiments/figure11.yaml")
-    p.add_argument("--out", help="raw CSV to append to (resumed if it exists)")
+    p.add_argument("--out", help="raw CSV of the shard; without --journal rows are appended to it as they finish "
+                                 "(resumed if it exists)")
+    p.add_argument("--journal", help="append rows here as they finish (resumed if it exists, never deleted) and "
+                                     "write --out in one piece at the end: the workflow's way, so that a rerun "
+                                     "never loses a finished row, whatever happened to --out")
+    p.add_argument("--stop-with-parent", action="store_true",
+                   help="exit when the parent process (the workflow) dies instead of running on as an orphan")
     p.add_argument("--shard", default="0/1", help="I/N: run shard I (0-based) of N; default 0/1")
     p.add_argument("--smoke", action="store_true", help="apply the YAML's smoke overrides (tiny shapes)")
     p.add_argument("--device", default="auto", type=_device_arg, help="cuda, cuda:N or cpu (default: cuda if available)")
@@ -148,6 +157,74 @@ def append_rows(path, records: list) -> None:
         pd.DataFrame(records, columns=cols).to_csv(f, header=new, index=False, lineterminator="\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_header_only(path) -> None:
+    """An empty shard is a valid result: a CSV with the header and no line."""
+    publish_rows(None, path, set())
+
+
+def publish_rows(journal, out, keys) -> int:
+    """Write ``out`` atomically with the journal's lines whose (row_key, method) is in ``keys`` (the
+    rows of this run, in journal order; lines of other rows, e.g. of an older YAML, stay behind).
+    Returns the number of lines written."""
+    import pandas as pd
+
+    cols = columns()
+    frame = pd.DataFrame(columns=cols)
+    if journal is not None and os.path.exists(journal) and os.path.getsize(journal) > 0:
+        frame = pd.read_csv(journal, dtype=str, keep_default_na=False)
+        frame = frame[[k in keys for k in zip(frame["row_key"], frame["method"])]]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = f"{out}.tmp"
+    with open(tmp, "w", newline="") as f:
+        frame.to_csv(f, index=False, lineterminator="\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return len(frame)
+
+
+class JournalLock:
+    """Exclusive lock on a journal (``<journal>.lock``) so two runners never append to it at once,
+    e.g. a rerun while an earlier runner still finishes; the second waits for the first."""
+
+    def __init__(self, journal):
+        self.path = f"{journal}.lock"
+
+    def __enter__(self):
+        import fcntl
+
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.f = open(self.path, "w")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{self.path}: another runner holds this journal; waiting for it to finish", file=sys.stderr)
+            fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def stop_with_parent(poll_s: float = 0.5) -> None:
+    """Exit this process soon after its parent dies (a killed workflow must not leave a runner behind
+    as an orphan). Rows already appended stay in the journal; a partial last line is repaired on resume."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        import time
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                print(f"parent process {parent} is gone: stopping (finished rows are kept for the rerun)",
+                      file=sys.stderr, flush=True)
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="stop-with-parent").start()
 
 
 def _one_line(text: str, limit: int = 2000) -> str:
@@ -255,9 +332,27 @@ def _create_methods(exp, labels, device):
 
 def run_experiment(experiment, out, shard=(0, 1), smoke: bool = False, device: str | None = "auto",
                    max_rows: int | None = None, methods=None, gpu_memory_bytes: float | None = None,
-                   import_modules=(), progress: bool = True, sm_count: int | None = None) -> dict:
+                   import_modules=(), progress: bool = True, sm_count: int | None = None,
+                   journal: str | None = None) -> dict:
     """Run ``experiment`` (YAML path) into the CSV ``out``; returns counts per status written now.
-    Raises ExperimentError on bad input."""
+    With ``journal`` rows go there as they finish and ``out`` is written whole at the end (an
+    empty shard gives a header-only CSV). Raises ExperimentError on bad input."""
+    if journal is None:
+        counts = _run_rows(experiment, out, shard, smoke, device, max_rows, methods, gpu_memory_bytes,
+                           import_modules, progress, sm_count)
+        counts.pop("_keys")
+        if not os.path.exists(out):
+            write_header_only(out)
+        return counts
+    with JournalLock(journal):
+        counts = _run_rows(experiment, journal, shard, smoke, device, max_rows, methods, gpu_memory_bytes,
+                           import_modules, progress, sm_count)
+        publish_rows(journal, out, counts.pop("_keys"))
+    return counts
+
+
+def _run_rows(experiment, out, shard, smoke, device, max_rows, methods, gpu_memory_bytes, import_modules,
+              progress, sm_count) -> dict:
     device = resolve_device(device)
     configure_device_env(device)
     import importlib
@@ -360,6 +455,7 @@ def run_experiment(experiment, out, shard=(0, 1), smoke: bool = False, device: s
             base = batch = None
     finally:
         bar.close()
+    counts["_keys"] = {(r.row_key, lab) for r in rows for lab in insts}
     return counts
 
 
@@ -396,10 +492,12 @@ def main(argv=None) -> int:
             return 0
         if not args.out:
             raise G.ExperimentError("--out CSV is required (unless --list)")
+        if args.stop_with_parent:
+            stop_with_parent()
         counts = run_experiment(args.experiment, args.out, shard=shard, smoke=args.smoke, device=device,
                                 max_rows=args.max_rows, methods=args.methods, gpu_memory_bytes=gpu_mem,
                                 import_modules=args.import_module, progress=not args.no_progress,
-                                sm_count=args.sm_count)
+                                sm_count=args.sm_count, journal=args.journal)
     except G.ExperimentError as e:  # bad input
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from analysis.atomic import save_figure
 import matplotlib
 
 matplotlib.use("Agg")
@@ -57,7 +58,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     fig = plot(pd.read_csv(args.table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=150)
+    save_figure(fig, args.out, dpi=150)
     print(f"wrote {args.out}")
 
 

@@ -21,19 +21,22 @@ matplotlib.use("Agg")  # files only; works without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.atomic import save_figure  # noqa: E402
 from analysis.meta import read_meta  # noqa: E402
 
 DPI = 150
 
 
-def render(meta: dict, table: pd.DataFrame, summary: pd.DataFrame, out: Path) -> Path:
-    """Call ``figures.<meta['plot']>.plot`` and save its figure to ``out``."""
+def render(meta: dict, table: pd.DataFrame, summary: pd.DataFrame, out: Path) -> bool:
+    """Call ``figures.<meta['plot']>.plot`` and save its figure to ``out`` (atomically, without
+    version or timestamp, and not at all when its pixels did not change: analysis.atomic).
+    True when ``out`` was written, False when it already held this image."""
     module = importlib.import_module(f"figures.{meta['plot']}")
     fig = module.plot(table, summary, meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure(fig, out, dpi=DPI)
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -51,8 +54,8 @@ def main(argv=None) -> None:
     for key, path in (("timeline", args.timeline), ("timeline_summary", args.timeline_summary)):
         if path is not None:
             meta[key] = pd.read_csv(path)
-    out = render(meta, pd.read_csv(args.table), pd.read_csv(args.summary), args.out)
-    print(f"wrote {out}")
+    written = render(meta, pd.read_csv(args.table), pd.read_csv(args.summary), args.out)
+    print(f"{'wrote' if written else 'unchanged (same pixels):'} {args.out}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,11 +83,65 @@ def warm_one(cls, options: dict, batch: HybridBatch) -> dict:
             "impl": method.info().get("impl", cls.name) if status == "ok" else ""}
 
 
-def warm_method(cls, variants: list, batches: list) -> dict:
+class Progress:
+    """Thread-safe progress lines on stdout (the console, and the log the workflow tees it into):
+    one line when a (method, shape) starts and one when it ends, numbered against the total, and a
+    line every ``heartbeat`` seconds naming what is still compiling, so a long nvcc build is never
+    silent."""
+
+    def __init__(self, total: int, heartbeat: float = 30.0):
+        self.total, self.done, self.heartbeat = total, 0, heartbeat
+        self.running: dict = {}
+        self.t0 = time.perf_counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _say(self, text: str) -> None:
+        print(f"[build {time.perf_counter() - self.t0:7.1f} s] {text}", flush=True)
+
+    def start(self, label: str, shape: str) -> None:
+        with self._lock:
+            self.running[(label, shape)] = time.perf_counter()
+            self._say(f"start {label} on {shape}")
+
+    def finish(self, label: str, shape: str, result: dict) -> None:
+        with self._lock:
+            self.running.pop((label, shape), None)
+            self.done += 1
+            why = f": {result['reason'][:120]}" if result["reason"] else ""
+            self._say(f"[{self.done}/{self.total}] {label} on {shape}: {result['status']} in "
+                      f"{result['seconds']:.1f} s{why}")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            with self._lock:
+                now = time.perf_counter()
+                busy = ", ".join(f"{label} on {shape} ({now - t:.0f} s)" for (label, shape), t in self.running.items())
+                if busy:
+                    self._say(f"[{self.done}/{self.total}] still compiling: {busy}")
+
+
+def warm_method(cls, variants: list, batches: list, progress: Progress | None = None) -> dict:
     """Warm every (label, options) variant of one registered method on every batch, in order."""
     out = {}
     for label, options in variants:
-        out[label] = {_shape_name(b.spec): warm_one(cls, options, b) for b in batches}
+        out[label] = {}
+        for b in batches:
+            shape = _shape_name(b.spec)
+            if progress:
+                progress.start(label, shape)
+            out[label][shape] = warm_one(cls, options, b)
+            if progress:
+                progress.finish(label, shape, out[label][shape])
     return out
 
 
@@ -139,16 +194,23 @@ def build(experiment_path: str, device: torch.device, smoke: bool) -> dict:
     for name, variants in by_method.items():
         groups.setdefault(registry[name].build_group or name, []).append((registry[name], variants))
 
-    def warm_group(members):
-        out = {}
-        for cls, variants in members:
-            out.update(warm_method(cls, variants, batches))
-        return out
+    n_variants = sum(len(v) for v in by_method.values())
+    print(f"build {exp.name}{' (smoke)' if smoke else ''} on {device}: {n_variants} method(s) x "
+          f"{len(batches)} shape(s) = {n_variants * len(batches)} warm-ups in {len(groups)} parallel group(s)\n"
+          f"  shapes: {', '.join(_shape_name(b.spec) for b in batches)}\n"
+          f"  methods: {', '.join(label for v in by_method.values() for label, _ in v)}", flush=True)
 
-    with ThreadPoolExecutor(max_workers=max(1, len(groups))) as pool:
-        for per_label in pool.map(warm_group, groups.values()):
-            for label, per_shape in per_label.items():
-                results[label] = summarize(per_shape)
+    with Progress(n_variants * len(batches)) as progress:
+        def warm_group(members):
+            out = {}
+            for cls, variants in members:
+                out.update(warm_method(cls, variants, batches, progress))
+            return out
+
+        with ThreadPoolExecutor(max_workers=max(1, len(groups))) as pool:
+            for per_label in pool.map(warm_group, groups.values()):
+                for label, per_shape in per_label.items():
+                    results[label] = summarize(per_shape)
     order = [ms.label for ms in exp.methods]
     return {"experiment": exp.name, "path": str(experiment_path), "smoke": smoke, "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
@@ -183,7 +245,13 @@ def main(argv=None) -> int:
               f"(CUDA build: {torch.version.cuda or 'none'}). Run on a GPU machine with a CUDA build of "
               "PyTorch, or pass --device cpu --smoke.", file=sys.stderr)
         return 1
-    marker = build(args.experiment, device, args.smoke)
+    from experiments.grid import ExperimentError
+
+    try:
+        marker = build(args.experiment, device, args.smoke)
+    except ExperimentError as e:  # bad input, found before anything is compiled
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -1,4 +1,6 @@
 """figures.plot draws non-empty PNGs for figure11 and the generic plot from aggregated tables."""
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,7 +31,7 @@ def synthetic_raw(n_rows=40, seed=0) -> pd.DataFrame:
 @pytest.mark.parametrize("plot_name", ["figure11", "generic"])
 def test_plot_writes_png(tmp_path, plot_name):
     experiment = tmp_path / "exp.yaml"
-    experiment.write_text(f"name: exp\nplot: {plot_name}\nbaseline: FA_Serial\n")
+    experiment.write_text(f"name: figure11\nplot: {plot_name}\nbaseline: FA_Serial\n")  # the raw lines' experiment
     raw = tmp_path / "shard-0-of-1.csv"
     synthetic_raw().to_csv(raw, index=False)
     table, summary, png = tmp_path / "t.csv", tmp_path / "s.csv", tmp_path / "fig" / f"{plot_name}.png"
@@ -38,3 +40,21 @@ def test_plot_writes_png(tmp_path, plot_name):
     plot(["--experiment", str(experiment), "--table", str(table), "--summary", str(summary), "--out", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000
+
+
+def test_replot_leaves_an_unchanged_png_alone(tmp_path, capsys):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text("name: figure11\nplot: generic\nbaseline: FA_Serial\n")
+    raw = tmp_path / "shard-0-of-1.csv"
+    synthetic_raw(n_rows=8).to_csv(raw, index=False)
+    table, summary, png = tmp_path / "t.csv", tmp_path / "s.csv", tmp_path / "fig.png"
+    aggregate(["--experiment", str(experiment), "--raw", str(raw), "--out-table", str(table),
+               "--out-summary", str(summary)])
+    args = ["--experiment", str(experiment), "--table", str(table), "--summary", str(summary), "--out", str(png)]
+    plot(args)
+    data = png.read_bytes()
+    assert b"Software" not in data  # no matplotlib version in the file: same figure, same bytes
+    inode = png.stat().st_ino
+    plot(args)
+    assert png.read_bytes() == data and png.stat().st_ino == inode  # not rewritten
+    assert capsys.readouterr().out.splitlines()[-1] == f"unchanged (same pixels): {png}"

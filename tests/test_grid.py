@@ -1,16 +1,26 @@
 """Experiment YAML loading, validation messages and grid expansion."""
+import functools
+import re
 import textwrap
 
 import pytest
 
 from experiments import grid as G
 
+# Expansion tests use a placeholder method name; the name checks have tests of their own below.
+load = functools.partial(G.load_experiment, check_methods=False)
+
 FIG11 = "experiments/figure11.yaml"
 
 
-def write(tmp_path, text, name="exp.yaml"):
+def write(tmp_path, text, name=None):
+    """Write an experiment YAML named after its ``name:`` field (the loader requires it)."""
+    text = textwrap.dedent(text)
+    if name is None:
+        m = re.search(r"^name:\s*(\S+)\s*$", text, re.M)
+        name = f"{m.group(1) if m else 'exp'}.yaml"
     p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
+    p.write_text(text)
     return str(p)
 
 
@@ -23,7 +33,7 @@ methods: [A]
 
 
 def test_figure11_counts():
-    exp = G.load_experiment(FIG11)
+    exp = load(FIG11)
     rows = G.expand(exp, gpu_memory_bytes=80e9)
     assert len(G.groups(rows)) == 315
     assert len(rows) == 4410
@@ -50,7 +60,7 @@ def test_memory_fill_hand_computed():
     # per request: 4 kv heads * 128 * 2 (K,V) * 2 B * 32 layers * 12288 = 805306368 B;
     # m = int(0.9 * (80e9 - 16e9 / 2) // 805306368) = int(64.8e9 // 805306368) = 80
     assert G.memory_fill_batches(m, "float16", 12288, [0.9, 0.95, 1.0], 0.9, 80e9) == [72, 76, 80]
-    rows = G.expand(G.load_experiment(FIG11), gpu_memory_bytes=80e9)
+    rows = G.expand(load(FIG11), gpu_memory_bytes=80e9)
     got = sorted({r.spec.decode_batch for r in rows if r.spec.model.name == "llama-3-8b-tp2"
                   and r.spec.decode_ctx == 12288})
     assert got == [72, 76, 80]
@@ -63,7 +73,7 @@ def test_memory_fill_hand_computed():
 def test_memory_fill_needs_memory(monkeypatch):
     monkeypatch.setattr(G, "device_memory_bytes", lambda: None)
     with pytest.raises(G.ExperimentError, match="--gpu-memory-gb"):
-        G.expand(G.load_experiment(FIG11))
+        G.expand(load(FIG11))
 
 
 def test_memory_fill_drops_duplicates_and_pins(tmp_path):
@@ -77,7 +87,7 @@ def test_memory_fill_drops_duplicates_and_pins(tmp_path):
         methods: [A]
     """)
     # 32800 B / (2*64*2*2*1*32 = 16384 B) -> m = 2 -> [int(1.8), int(1.9), 2] = [1, 2]
-    rows = G.expand(G.load_experiment(p))
+    rows = G.expand(load(p))
     assert sorted({r.spec.decode_batch for r in rows}) == [1, 2]
 
 
@@ -92,31 +102,31 @@ def test_memory_fill_drops_duplicates_and_pins(tmp_path):
 def test_yaml_errors_name_file_and_field(tmp_path, snippet, where):
     p = write(tmp_path, f"name: t\nmodels: [llama-3-8b]\nmethods: [A]\n{snippet}\n")
     with pytest.raises(G.ExperimentError) as e:
-        G.load_experiment(p)
+        load(p)
     assert str(e.value).startswith(f"{p}: {where}: "), str(e.value)
 
 
 def test_yaml_error_messages(tmp_path):
     p = write(tmp_path, MINIMAL + "colour: red\n")
     with pytest.raises(G.ExperimentError, match=r"\(top level\): Additional properties.*'colour'"):
-        G.load_experiment(p)
+        load(p)
     p = write(tmp_path, MINIMAL + "timing: {repeats: 0}\n")
     with pytest.raises(G.ExperimentError, match=r"timing\.repeats: 0 is less than the minimum of 1"):
-        G.load_experiment(p)
+        load(p)
     p = write(tmp_path, MINIMAL + "smoke: {timing: {calls: x}}\n")
     with pytest.raises(G.ExperimentError, match=r"smoke\.timing\.calls: 'x' is not of type 'integer'"):
-        G.load_experiment(p)
+        load(p)
     p = write(tmp_path, MINIMAL + "dtype: float8\n")
     with pytest.raises(G.ExperimentError, match="dtype"):
-        G.load_experiment(p)
+        load(p)
     p = write(tmp_path, "name: t\nmethods: [A]\nmodels: [llama-3-8b]\n")
     with pytest.raises(G.ExperimentError, match="grid"):
-        G.load_experiment(p)
+        load(p)
     with pytest.raises(G.ExperimentError, match="not found"):
-        G.load_experiment(str(tmp_path / "missing.yaml"))
+        load(str(tmp_path / "missing.yaml"))
     p = write(tmp_path, "name: [unclosed\n")
     with pytest.raises(G.ExperimentError, match="invalid YAML"):
-        G.load_experiment(p)
+        load(p)
 
 
 def test_models():
@@ -132,15 +142,15 @@ def test_models():
 
 def test_methods_and_duplicates(tmp_path):
     p = write(tmp_path, MINIMAL.replace("methods: [A]", "methods: [A, {name: B, method: A, options: {x: 1}}]"))
-    exp = G.load_experiment(p)
+    exp = load(p)
     assert [(m.label, m.method, m.options) for m in exp.methods] == [("A", "A", {}), ("B", "A", {"x": 1})]
     p = write(tmp_path, MINIMAL.replace("methods: [A]", "methods: [A, {method: A}]"))
     with pytest.raises(G.ExperimentError, match=r"methods\[1\]: duplicate method label 'A'"):
-        G.load_experiment(p)
+        load(p)
 
 
 def test_smoke_expansion():
-    exp = G.load_experiment(FIG11, smoke=True)
+    exp = load(FIG11, smoke=True)
     assert exp.smoke and [m.name for m in exp.models] == ["tiny-gqa2", "tiny-gqa3"]
     assert exp.timing == {"warmup": 0, "repeats": 2, "calls": 1, "l2_flush": False, "cuda_graph": False}
     assert exp.grid["skip_context_below_chunk"] is True and exp.grid["page_size"] == 16
@@ -163,7 +173,7 @@ def test_configs_and_chunk_index(tmp_path):
           - {prefill_len: 1024, prefill_kv_len: 4096, decode_batch: 80, decode_ctx: 12288}
         methods: [A]
     """)
-    rows = G.expand(G.load_experiment(p))
+    rows = G.expand(load(p))
     keys = [r.row_key for r in rows]
     grid_part = [k for k in keys if "@16384" in k or "p512" in k]
     assert grid_part[:3] == ["llama-3-8b-tp2|float16|p512@14848|d64x16384|ps16",
@@ -189,7 +199,7 @@ def test_duplicate_rows_rejected(tmp_path):
         methods: [A]
     """)
     with pytest.raises(G.ExperimentError, match="appears twice"):
-        G.expand(G.load_experiment(p))
+        G.expand(load(p))
 
 
 def test_sm_fill_batches_follow_the_sm_count(tmp_path, monkeypatch):
@@ -199,7 +209,7 @@ def test_sm_fill_batches_follow_the_sm_count(tmp_path, monkeypatch):
         grid: {chunk_size: [512], context_len: [16384], chunk_index: [0], decode_batch: {sm_fill: {ctas_per_sm: 2, extra: [0, 1]}}}
         methods: [A]
     """)
-    exp = G.load_experiment(p)
+    exp = load(p)
     # yi-6b: 4 KV heads; the paper's 54 and 55 decodes on 108 SMs, 66 and 67 on 132
     assert sorted({r.spec.decode_batch for r in G.expand(exp, sm_count=108)}) == [54, 55]
     assert sorted({r.spec.decode_batch for r in G.expand(exp, sm_count=132)}) == [66, 67]
@@ -207,10 +217,10 @@ def test_sm_fill_batches_follow_the_sm_count(tmp_path, monkeypatch):
     with pytest.raises(G.ExperimentError, match="sm_fill.sm_count"):
         G.expand(exp)
     pinned = write(tmp_path, open(p).read().replace("extra: [0, 1]}", "extra: [0], sm_count: 80}"))
-    assert {r.spec.decode_batch for r in G.expand(G.load_experiment(pinned))} == {40}
+    assert {r.spec.decode_batch for r in G.expand(load(pinned))} == {40}
     bad = write(tmp_path, open(p).read().replace("ctas_per_sm: 2", "ctas_per_sm: 0"))
     with pytest.raises(G.ExperimentError, match="sm_fill.ctas_per_sm"):
-        G.load_experiment(bad)
+        load(bad)
 
 
 def test_every_shipped_experiment_loads():
@@ -220,5 +230,76 @@ def test_every_shipped_experiment_loads():
         if path.endswith("models.yaml"):
             continue
         for smoke in (False, True):
-            exp = G.load_experiment(path, smoke=smoke)
+            exp = G.load_experiment(path, smoke=smoke)   # every check, the smoke section's too
             assert G.expand(exp, gpu_memory_bytes=80e9, sm_count=132), path
+
+
+# ------------------------------------------------------------------------------------------
+# complete validation before any GPU work (names, baseline, filter, plot, smoke section)
+# ------------------------------------------------------------------------------------------
+CHECKED = """\
+name: checked
+models: [{name: m, q_heads: 4, kv_heads: 2, head_dim: 64, layers: 1}]
+grid: {chunk_size: [16], context_len: [32], decode_batch: [2]}
+methods: [TEST_correct, TEST_wrong]
+baseline: TEST_correct
+filter: {min_part_fraction: 0}
+smoke: {timing: {repeats: 1}}
+"""
+
+
+def test_a_valid_experiment_passes_every_check(tmp_path):
+    exp = G.load_experiment(write(tmp_path, CHECKED), smoke=True)
+    assert [m.label for m in exp.methods] == ["TEST_correct", "TEST_wrong"] and exp.timing["repeats"] == 1
+
+
+@pytest.mark.parametrize("change,message", [
+    (("name: checked", "name: other"), r"checked\.yaml: name: 'other' must equal the file name 'checked'"),
+    (("methods: [TEST_correct, TEST_wrong]", "methods: [TEST_correct, NOPE]"),
+     r"methods\[1\]: unknown method 'NOPE'; registered: .*TEST_correct"),
+    (("baseline: TEST_correct", "baseline: FA_Serial"),
+     r"baseline: 'FA_Serial' is neither a method of this experiment nor a sum of its methods"),
+    (("baseline: TEST_correct\n", ""), r"baseline: 'FA_Serial' is neither"),   # the default baseline
+    (("filter: {min_part_fraction: 0}", "filter: {min_part_fraction: 0.2}"),
+     r"filter\.min_part_fraction: 0\.2 needs the methods FA_prefill, FA_decode"),
+    (("filter: {min_part_fraction: 0}\n", ""), r"filter\.min_part_fraction: 0\.2 needs"),  # the default filter
+    (("methods: [", "plot: no_such_plot\nmethods: ["), r"plot: no module figures/no_such_plot\.py"),
+])
+def test_names_are_checked_before_any_gpu_work(tmp_path, change, message):
+    text = CHECKED.replace(*change)
+    path = write(tmp_path, text, name="checked.yaml")
+    with pytest.raises(G.ExperimentError, match=message):
+        G.load_experiment(path)
+
+
+def test_smoke_needs_a_smoke_section_and_checks_its_methods(tmp_path):
+    path = write(tmp_path, CHECKED.replace("smoke: {timing: {repeats: 1}}\n", ""))
+    G.load_experiment(path)
+    with pytest.raises(G.ExperimentError, match=r"checked\.yaml: smoke: section missing"):
+        G.load_experiment(path, smoke=True)
+    # the smoke section's own methods must still contain the baseline
+    path = write(tmp_path, CHECKED.replace("smoke: {timing: {repeats: 1}}", "smoke: {methods: [TEST_wrong]}"))
+    G.load_experiment(path)
+    with pytest.raises(G.ExperimentError, match=r"\(with smoke overrides\): baseline: 'TEST_correct'"):
+        G.load_experiment(path, smoke=True)
+
+
+def test_context_not_a_multiple_of_the_chunk_ends_in_a_shorter_chunk(tmp_path):
+    """9000 tokens in 768-token chunks: 11 full chunks and a last one of 552, every token prefilled."""
+    p = write(tmp_path, CHECKED.replace("grid: {chunk_size: [16], context_len: [32], decode_batch: [2]}",
+                                        "grid: {chunk_size: [768], context_len: [9000], decode_batch: [2]}"))
+    rows = G.expand(G.load_experiment(p))
+    assert [r.chunk_idx for r in rows] == list(range(12))
+    assert [r.spec.prefill_len for r in rows] == [768] * 11 + [552]
+    assert [r.spec.prefill_kv_len for r in rows] == [768 * (i + 1) for i in range(11)] + [9000]
+    assert sum(r.spec.prefill_len for r in rows) == 9000
+    # negative chunk indices count from the real last chunk
+    p = write(tmp_path, open(p).read().replace("chunk_size: [768]", "chunk_size: [768], chunk_index: [-1]"))
+    (last,) = G.expand(G.load_experiment(p))
+    assert (last.chunk_idx, last.spec.prefill_len, last.spec.prefill_kv_len) == (11, 552, 9000)
+
+
+def test_two_chunk_sizes_reaching_one_batch_time_it_once(tmp_path):
+    p = write(tmp_path, CHECKED.replace("chunk_size: [16], context_len: [32]", "chunk_size: [16, 32], context_len: [48]"))
+    keys = [r.row_key for r in G.expand(G.load_experiment(p))]
+    assert len(keys) == len(set(keys)) == 4   # 16@16, 16@32, 16@48 (also 32-chunk's tail), 32@32

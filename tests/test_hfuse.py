@@ -20,6 +20,7 @@ from kernels.hfuse.launch import (HFuseConfig, aot_compile, decode_rows_for, def
 from kernels.pod.plan import flash_split_heuristic
 from kernels.registry import MethodUnavailable, create, load_all
 from kernels.workload import BatchSpec, HybridBatch, ModelShape
+from tests.clean_process import call_in_clean_process
 
 CPU = torch.device("cpu")
 SMEM_PER_BLOCK = 227 * 1024
@@ -159,10 +160,9 @@ _MMA = re.compile(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(\w+)\.(\w+)\.f
 _CP_ASYNC_ZFILL = re.compile(r"cp\.async\.cg\.shared\.global\s*\[[^\]]+\],\s*\[[^\]]+\],\s*0x10,\s*%r\d+;")
 
 
-def _compile(spec, config=None, sms=132):
-    batch = HybridBatch.allocate(spec, CPU, seed=0)
-    plan = make_plan(spec, sms, config)
-    return plan, aot_compile(prepare_launch(batch, plan), arch=90)
+def _compile(hq, hkv, d, dtype="float16", ctas_per_sm=None) -> dict:
+    return call_in_clean_process("tests.hfuse_aot.compile_hfuse", hq=hq, hkv=hkv, d=d, dtype=dtype,
+                                 ctas_per_sm=ctas_per_sm)
 
 
 def _ptxas_spills(ptx: str, tmp_path) -> int | None:
@@ -208,29 +208,28 @@ def _check_hfuse_ptx(ptx: str, dtype: str):
     (128, "float16", 64, 1),    # GQA 64: 64-row decode tiles (4 x 1 warps instead of 1 x 4)
 ])
 def test_compiles_for_sm90_with_named_barriers(d, dtype, hq, hkv, tmp_path):
-    plan, ck = _compile(_spec(hq, hkv, d, dtype))
-    ptx = ck.asm["ptx"]
+    ck = _compile(hq, hkv, d, dtype)
+    ptx = ck["ptx"]
     _check_hfuse_ptx(ptx, dtype)
     assert ".maxnreg 256" in ptx                # one 8-warp CTA per SM owns the register file
-    assert ck.metadata.num_warps == 8
-    t = plan.tiles
-    assert t.smem_bytes(d) <= ck.metadata.shared <= SMEM_PER_BLOCK
-    assert len(ck.asm["cubin"]) > 0              # ptxas accepted it
+    assert ck["num_warps"] == 8
+    assert ck["tile_smem"] <= ck["shared"] <= SMEM_PER_BLOCK
+    assert ck["cubin_bytes"] > 0                 # ptxas accepted it
     spills = _ptxas_spills(ptx, tmp_path)
     if spills is not None:
         assert spills <= 512, f"{spills} bytes of register spills"
 
 
 def test_two_ctas_per_sm_redistributes_registers(tmp_path):
-    plan, ck = _compile(_spec(12, 4, 128), HFuseConfig(ctas_per_sm=2))
-    ptx = ck.asm["ptx"]
+    ck = _compile(12, 4, 128, ctas_per_sm=2)
+    ptx = ck["ptx"]
     _check_hfuse_ptx(ptx, "float16")
     assert ".maxnreg 128" in ptx
     # 8 warps x 128 registers, redistributed in the warp-specialised region: decode 80, prefill 176
     # (outside it the idle worker warps sit at 24 and the default warps at 232)
     regs = {int(r) for r in re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+);", ptx)}
     assert {80, 176} <= regs and 4 * 80 + 4 * 176 == 8 * 128, regs
-    assert 2 * (ck.metadata.shared + 1024) <= 228 * 1024
+    assert 2 * (ck["shared"] + 1024) <= 228 * 1024
     spills = _ptxas_spills(ptx, tmp_path)
     if spills is not None:
         assert spills == 0

@@ -1,19 +1,15 @@
 """Our Triton POD kernel family on the CPU (Triton interpreter): correctness of every way to run it,
 and the SM-aware scheduler's guarantee that each logical CTA runs exactly once."""
-import os
+import pytest
+import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from kernels.adapters.pod_triton import smid_trace
+import math
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from kernels.adapters.pod_triton import smid_trace  # noqa: E402
-import math  # noqa: E402
-
-from kernels.pod.plan import (BINDINGS, DEFAULT_MACHINE_BALANCE, PREFILL_DOMINANCE, PodConfig,  # noqa: E402
+from kernels.pod.plan import (BINDINGS, DEFAULT_MACHINE_BALANCE, PREFILL_DOMINANCE, PodConfig,
                               choose_ctas_per_sm, default_tiles, flash_split_heuristic, make_plan, policy_ratio)
-from kernels.registry import create  # noqa: E402
-from kernels.workload import BatchSpec, HybridBatch, ModelShape  # noqa: E402
+from kernels.registry import create
+from kernels.workload import BatchSpec, HybridBatch, ModelShape
 
 METHODS = ["OURS_prefill", "OURS_decode", "OURS_Serial", "OURS_CTA", "POD"]
 

@@ -1,5 +1,6 @@
 """The runner end to end on CPU with test-only methods (tests/fake_methods.py)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +13,9 @@ import pytest
 
 from experiments import run as R
 
-R.configure_device_env("cpu")  # before anything imports triton (load_all imports the adapters)
-
-import tests.fake_methods  # noqa: E402,F401  registers TEST_* methods
-from experiments.provenance import COLUMNS as PROV  # noqa: E402
-from experiments.timing import time_callable  # noqa: E402
+import tests.fake_methods  # noqa: F401  registers TEST_* methods
+from experiments.provenance import COLUMNS as PROV
+from experiments.timing import time_callable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,12 +31,18 @@ methods:
   - TEST_unavailable_shape
   - TEST_crash
   - {name: decode_only, method: TEST_decode_only, options: {a: 1}}
+baseline: TEST_correct
+filter: {min_part_fraction: 0}
 timing: {warmup: 0, repeats: 2, calls: 1}
 """
 
 
-def _write(tmp_path, text, name="exp.yaml"):
-    p = tmp_path / name
+def _write(tmp_path, text, folder=""):
+    """Write an experiment YAML named after its ``name:`` field (the loader requires it), in
+    ``tmp_path/folder`` so that variants of one experiment can sit side by side."""
+    name = re.search(r"^name:\s*(\S+)\s*$", text, re.M).group(1)
+    p = tmp_path / folder / f"{name}.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)
     return str(p)
 
@@ -89,10 +94,10 @@ def test_methods_filter_and_max_rows(tmp_path):
 
 
 def test_main_exit_codes(tmp_path, capsys):
-    bad = _write(tmp_path, TINY.replace("repeats: 2", "repeats: two"), "bad.yaml")
+    bad = _write(tmp_path, TINY.replace("repeats: 2", "repeats: two"), "bad")
     assert R.main([bad, "--out", str(tmp_path / "x.csv"), "--device", "cpu"]) == 2
-    assert "bad.yaml: timing.repeats: 'two' is not of type 'integer'" in capsys.readouterr().err
-    unknown = _write(tmp_path, TINY.replace("TEST_crash", "NO_SUCH_METHOD"), "unknown.yaml")
+    assert "tiny.yaml: timing.repeats: 'two' is not of type 'integer'" in capsys.readouterr().err
+    unknown = _write(tmp_path, TINY.replace("TEST_crash", "NO_SUCH_METHOD"), "unknown")
     assert R.main([unknown, "--out", str(tmp_path / "x.csv"), "--device", "cpu", "--no-progress"]) == 2
     assert "unknown method 'NO_SUCH_METHOD'" in capsys.readouterr().err
     good = _write(tmp_path, TINY)
@@ -136,6 +141,8 @@ def test_resume_after_sigkill(tmp_path):
         methods:
           - {name: slow, method: TEST_correct, options: {sleep_s: 0.03}}
           - TEST_wrong
+        baseline: slow
+        filter: {min_part_fraction: 0}
         timing: {warmup: 0, repeats: 1, calls: 1}
     """))
     out = tmp_path / "raw.csv"
@@ -183,3 +190,82 @@ def test_configure_device_env(monkeypatch):
     else:
         R.configure_device_env("cpu")
     assert os.environ["TRITON_INTERPRET"] == "1"
+
+
+def test_an_empty_shard_is_a_header_only_csv(tmp_path):
+    """More shards than groups: the extra shards are valid, empty results (the workflow needs them)."""
+    exp = _write(tmp_path, TINY)
+    for kwargs in ({}, {"journal": str(tmp_path / "journal.csv")}):
+        out = tmp_path / f"shard-{len(kwargs)}.csv"
+        assert R.run_experiment(exp, str(out), shard=(1, 2), device="cpu", progress=False, **kwargs) == {}
+        assert out.read_text().splitlines() == [",".join(R.columns())]
+        assert len(_read(out)) == 0
+
+
+SLOW = textwrap.dedent("""\
+    name: slowrun
+    models: [{name: m, q_heads: 4, kv_heads: 2, head_dim: 64, layers: 2}]
+    grid: {chunk_size: [16], context_len: [64, 128], decode_batch: [1, 2]}
+    methods:
+      - {name: slow, method: TEST_correct, options: {sleep_s: 0.05}}
+    baseline: slow
+    filter: {min_part_fraction: 0}
+    timing: {warmup: 0, repeats: 1, calls: 1}
+""")
+
+
+def _lines(path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def test_journal_keeps_finished_rows_when_the_output_is_thrown_away(tmp_path):
+    """The workflow's way: rows go to the journal, the shard CSV is written whole at the end. A rerun
+    after the shard CSV was deleted (Snakemake does that to an incomplete job) recomputes nothing, and
+    lines of rows the experiment no longer has stay out of the shard CSV."""
+    exp, out, journal = _write(tmp_path, SLOW), tmp_path / "shard.csv", tmp_path / "journal" / "shard.csv"
+    first = R.run_experiment(exp, str(out), device="cpu", progress=False, journal=str(journal))
+    assert first == {"ok": 24} and len(_read(out)) == 24 and _read(journal).equals(_read(out))
+    out.unlink()
+    assert R.run_experiment(exp, str(out), device="cpu", progress=False, journal=str(journal)) == {}
+    assert _read(out).equals(_read(journal))
+    # a smaller grid: the journal keeps every line, the shard only this run's rows
+    small = _write(tmp_path, SLOW.replace("context_len: [64, 128]", "context_len: [64]"), "small")
+    assert R.run_experiment(small, str(out), device="cpu", progress=False, journal=str(journal)) == {}
+    assert len(_read(out)) == 8 and len(_read(journal)) == 24
+
+
+def test_stop_with_parent_leaves_no_orphan_and_the_rerun_resumes(tmp_path):
+    """Killing the workflow (the runner's parent) stops the runner within a second, keeping its
+    finished rows; the rerun computes only the rest, none twice."""
+    exp, out, journal = _write(tmp_path, SLOW), tmp_path / "shard.csv", tmp_path / "journal.csv"
+    cmd = [sys.executable, "-m", "experiments.run", exp, "--out", str(out), "--journal", str(journal),
+           "--device", "cpu", "--no-progress", "--stop-with-parent", "--import-module", "tests.fake_methods"]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # a stand-in for Snakemake: a parent that starts the runner, prints its pid and waits
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); p.wait()",
+         *cmd], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    runner = int(parent.stdout.readline())
+    deadline = time.time() + 60
+    while time.time() < deadline and _lines(journal) < 1 + 3:
+        time.sleep(0.02)
+    assert _lines(journal) >= 4, "the runner wrote no rows"
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(runner, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(runner, signal.SIGKILL)
+        pytest.fail("the runner outlived its parent by 10 s")
+    done = len(_read(journal))
+    assert 3 <= done < 24 and not out.exists()
+    counts = R.run_experiment(exp, str(out), device="cpu", progress=False, journal=str(journal))
+    assert counts == {"ok": 24 - done}
+    df = _read(out)
+    assert len(df) == 24 and not df.duplicated(["row_key", "method"]).any()

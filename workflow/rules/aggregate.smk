@@ -10,10 +10,10 @@ rule aggregate:
         raw=raw_csvs,
         ncu=ncu_csv,
     output:
-        table=f"{RESULTS}/tables/{{exp}}.csv",
-        summary=f"{RESULTS}/tables/{{exp}}_summary.csv",
+        table=update(f"{RESULTS}/tables/{{exp}}.csv"),
+        summary=update(f"{RESULTS}/tables/{{exp}}_summary.csv"),
     log:
-        f"{RESULTS}/logs/aggregate/{{exp}}.log",
+        f"{LOGS}/aggregate/{{exp}}.log",
     wildcard_constraints:
         exp=one_of(EXPERIMENTS),
     params:
@@ -32,10 +32,10 @@ rule aggregate_timeline:
     input:
         f"{RESULTS}/raw/{{exp}}/timeline/ctas.csv.gz",
     output:
-        table=f"{RESULTS}/tables/{{exp}}_timeline.csv",
-        summary=f"{RESULTS}/tables/{{exp}}_timeline_summary.csv",
+        table=update(f"{RESULTS}/tables/{{exp}}_timeline.csv"),
+        summary=update(f"{RESULTS}/tables/{{exp}}_timeline_summary.csv"),
     log:
-        f"{RESULTS}/logs/aggregate/{{exp}}_timeline.log",
+        f"{LOGS}/aggregate/{{exp}}_timeline.log",
     wildcard_constraints:
         exp=one_of(TIMELINE_EXPERIMENTS),
     conda:

@@ -5,7 +5,7 @@ rule build:
     output:
         f"{RESULTS}/build/{{exp}}.json",
     log:
-        f"{RESULTS}/logs/build/{{exp}}.log",
+        f"{LOGS}/build/{{exp}}.log",
     params:
         flags=RUN_FLAGS,
     resources:
@@ -13,4 +13,5 @@ rule build:
     conda:
         "../envs/harness.yaml"
     shell:
-        "python -m kernels.build {input.experiment} --out {output} {params.flags} > {log} 2>&1"
+        # progress lines (what compiles, for which shapes) go to the console and to the log
+        "python -u -m kernels.build {input.experiment} --out {output} {params.flags} 2>&1 | tee {log}"

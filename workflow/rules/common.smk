@@ -15,6 +15,9 @@ if SMOKE and SHIPPED:
 RESULTS = (config["smoke_results_dir"] if SMOKE else config["shipped_results_dir"] if SHIPPED
            else config["results_dir"])
 SHARDS = config["shards"]
+# Logs of a run beside its results; a rebuild from the shipped results logs outside the tracked
+# results/ (git-ignored logs/), so that `make figures` changes no tracked file but a table or figure.
+LOGS = "logs/shipped" if SHIPPED else f"{RESULTS}/logs"
 
 # Flags of the GPU-side commands (kernels.build and experiments.run).
 RUN_FLAGS = "--smoke --device cpu" if SMOKE else f"--device {config['device']}"

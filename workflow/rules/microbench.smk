@@ -10,7 +10,7 @@ if not SHIPPED:
         output:
             f"{RESULTS}/build/fusion_bench",
         log:
-            f"{RESULTS}/logs/build/fusion_bench.log",
+            f"{LOGS}/build/fusion_bench.log",
         params:
             arch=("-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90" if SMOKE else
                   "-arch=sm_$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)"),
@@ -27,7 +27,7 @@ if not SHIPPED:
         output:
             f"{RESULTS}/raw/figure7/figure7.csv",
         log:
-            f"{RESULTS}/logs/sweep/figure7.log",
+            f"{LOGS}/sweep/figure7.log",
         resources:
             gpu=1,
         conda:
@@ -41,10 +41,10 @@ rule aggregate_microbench:
     input:
         f"{RESULTS}/raw/figure7/figure7.csv",
     output:
-        table=f"{RESULTS}/tables/figure7.csv",
-        summary=f"{RESULTS}/tables/figure7_summary.csv",
+        table=update(f"{RESULTS}/tables/figure7.csv"),
+        summary=update(f"{RESULTS}/tables/figure7_summary.csv"),
     log:
-        f"{RESULTS}/logs/aggregate/figure7.log",
+        f"{LOGS}/aggregate/figure7.log",
     conda:
         "../envs/harness.yaml"
     shell:
@@ -57,9 +57,9 @@ rule plot_microbench:
     input:
         f"{RESULTS}/tables/figure7.csv",
     output:
-        f"{RESULTS}/figures/figure7.png",
+        update(f"{RESULTS}/figures/figure7.png"),
     log:
-        f"{RESULTS}/logs/plot/figure7.log",
+        f"{LOGS}/plot/figure7.log",
     conda:
         "../envs/harness.yaml"
     shell:

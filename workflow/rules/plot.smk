@@ -11,9 +11,9 @@ rule plot:
         table=f"{RESULTS}/tables/{{exp}}.csv",
         summary=f"{RESULTS}/tables/{{exp}}_summary.csv",
     output:
-        f"{RESULTS}/figures/{{exp}}.png",
+        update(f"{RESULTS}/figures/{{exp}}.png"),
     log:
-        f"{RESULTS}/logs/plot/{{exp}}.log",
+        f"{LOGS}/plot/{{exp}}.log",
     params:
         flags=SMOKE_FLAG,
         timeline=lambda wildcards, input: (

@@ -6,18 +6,20 @@ rule sweep_shard:
     output:
         f"{RESULTS}/raw/{{exp}}/shard-{{i}}-of-{{n}}.csv",
     log:
-        f"{RESULTS}/logs/sweep/{{exp}}/shard-{{i}}-of-{{n}}.log",
+        f"{LOGS}/sweep/{{exp}}/shard-{{i}}-of-{{n}}.log",
     params:
         flags=RUN_FLAGS,
+        journal=f"{RESULTS}/journal/{{exp}}/shard-{{i}}-of-{{n}}.csv",
     resources:
         gpu=1,
     conda:
         "../envs/harness.yaml"
     shell:
-        # Rows go to a .partial file Snakemake does not own: a killed job leaves it in place and
-        # the rerun resumes from it (experiments.run skips rows already there).
-        "python -m experiments.run {input.experiment} --shard {wildcards.i}/{wildcards.n} "
-        "--out {output}.partial {params.flags} > {log} 2>&1 && mv {output}.partial {output}"
+        # Rows go to a journal Snakemake does not own and never deletes (not even when it throws
+        # away an incomplete shard CSV): a rerun resumes from it and recomputes no finished row.
+        # exec makes the runner Snakemake's own child, so --stop-with-parent sees a killed workflow.
+        "exec python -m experiments.run {input.experiment} --shard {wildcards.i}/{wildcards.n} "
+        "--journal {params.journal} --out {output} --stop-with-parent {params.flags} > {log} 2>&1"
 
 
 rule profile_ncu:
@@ -29,7 +31,7 @@ rule profile_ncu:
     output:
         f"{RESULTS}/raw/{{exp}}/ncu/profile.csv",
     log:
-        f"{RESULTS}/logs/profile/{{exp}}.log",
+        f"{LOGS}/profile/{{exp}}.log",
     resources:
         gpu=1,
     conda:
@@ -49,7 +51,7 @@ rule trace_timeline:
     output:
         f"{RESULTS}/raw/{{exp}}/timeline/ctas.csv.gz",
     log:
-        f"{RESULTS}/logs/timeline/{{exp}}.log",
+        f"{LOGS}/timeline/{{exp}}.log",
     params:
         flags=RUN_FLAGS,
     resources:

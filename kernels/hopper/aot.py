@@ -1,0 +1,96 @@
+"""Ahead-of-time sm_90a compiles of the Hopper kernel on a machine without a GPU, with counts of
+what matters in its PTX and SASS (tests/test_hopper_compile.py runs this in a clean process:
+TRITON_INTERPRET must not be set where Gluon compiles).
+
+    python -m kernels.hopper.aot [MODE:HEAD_DIM:DTYPE ...]    # prints one JSON line per variant
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+PTX_PATTERNS = {
+    "wgmma": r"wgmma\.mma_async",
+    "wgmma_wait": r"wgmma\.wait_group",
+    "mma_sync": r"\bmma\.sync",
+    "setmaxnreg": r"setmaxnreg\.",
+    "tma_load": r"cp\.async\.bulk\.tensor",
+    "mbarrier_wait": r"mbarrier\.try_wait",
+    "ld_local": r"ld\.local",
+    "st_local": r"st\.local",
+}
+SASS_PATTERNS = {"HGMMA": r"\bHGMMA\.", "HMMA": r"\bHMMA\.", "LDL": r"\bLDL\b", "STL": r"\bSTL\b",
+                 "USETMAXREG": r"\bUSETMAXREG\b", "UTMALDG": r"\bUTMALDG\b"}
+
+
+def _cuobjdump() -> str | None:
+    try:
+        import triton
+        p = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        if os.path.exists(p):
+            return p
+    except Exception:  # noqa: BLE001
+        pass
+    return shutil.which("cuobjdump")
+
+
+def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: int = 8, kv_heads: int = 2) -> dict:
+    """Compile one variant for a small odd-shaped CPU batch; returns counts and resources."""
+    import torch  # noqa: F401
+
+    from kernels.workload import BatchSpec, HybridBatch, ModelShape
+
+    from .launch import HopperLaunch, aot_compile
+    from .plan import make_plan
+
+    spec = BatchSpec(ModelShape(f"t{q_heads}-{kv_heads}-{head_dim}", q_heads, kv_heads, head_dim), dtype=dtype,
+                     prefill_len=0 if mode == "decode" else 300, prefill_kv_len=0 if mode == "decode" else 700,
+                     decode_batch=0 if mode == "prefill" else 5, decode_ctx=333)
+    batch = HybridBatch.allocate(spec, device="cpu")
+    plan = make_plan(spec, 132, mode)
+    ck = aot_compile(HopperLaunch(batch, plan))
+    ptx = ck.asm["ptx"]
+    rep = {"mode": mode, "head_dim": head_dim, "dtype": dtype, "shared": ck.metadata.shared,
+           "num_warps": ck.metadata.num_warps, "smem_operands": plan.tiles.smem_bytes(head_dim),
+           "launch_regs": plan.tiles.launch_regs(), "ctas_per_sm": plan.tiles.ctas_per_sm,
+           "ptx": {k: len(re.findall(p, ptx)) for k, p in PTX_PATTERNS.items()},
+           "setmaxnreg_values": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)}),
+           "wgmma_shapes": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
+           "maxnreg_directive": [int(x) for x in re.findall(r"\.maxnreg\s+(\d+)", ptx)]}
+    tool = _cuobjdump()
+    if tool and "cubin" in ck.asm:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "k.cubin")
+            with open(path, "wb") as f:
+                f.write(ck.asm["cubin"])
+            sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True).stdout
+            res = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True).stdout
+        rep["sass"] = {k: len(re.findall(p, sass)) for k, p in SASS_PATTERNS.items()}
+        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", res)
+        if m:
+            rep["regs"], rep["stack"], rep["local"] = map(int, m.groups())
+    return rep
+
+
+def main(argv=None) -> int:
+    if os.environ.get("TRITON_INTERPRET"):
+        print("kernels.hopper.aot: unset TRITON_INTERPRET (Gluon cannot compile under the interpreter)", file=sys.stderr)
+        return 2
+    specs = argv if argv else ["prefill:128:float16"]
+    for s in specs:
+        mode, d, dt = s.split(":")
+        try:
+            rep = compile_variant(mode, int(d), dt)
+        except Exception as e:  # noqa: BLE001 - reported per variant
+            rep = {"mode": mode, "head_dim": int(d), "dtype": dt, "error": f"{type(e).__name__}: {e}"[:2000]}
+        print(json.dumps(rep), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,213 @@
+"""Launching the Hopper-native POD kernel: TMA descriptors over the harness's tensors, arguments,
+the persistent launch, the split-KV merge, availability, and ahead-of-time compilation for sm_90a
+on a machine without a GPU (tests read its PTX/SASS).
+
+Layouts (kernels/workload.py): the prefill queries ``q_p`` (Lq, H, d) are seen as a 2-D (Lq, H*d)
+matrix and its keys/values ``k_p``/``v_p`` (Lk, Hkv, d) as (Lk, Hkv*d); a TMA box [rows, d] at
+column ``head*d`` is one head's tile, and rows past Lq/Lk come back as zeros. The decode queries
+``q_d`` (B, H, d) are (B*H, d) (a box of 16 rows from the group's first head), and the decode K/V
+are the dense view of the paged pool, (B, cap, Hkv, d) -> (B*cap, Hkv*d): each request's pages
+are contiguous in the harness's pool (kernels/workload.py ``decode_block_table``), which
+``HopperLaunch`` checks; other page tables are refused (MethodUnavailable upstream).
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels.workload import HybridBatch
+
+from .plan import BLOCK_M, DECODE_ROWS, MERGE_ROWS, MODE_DECODE, MODE_POD, MODE_PREFILL, HopperPlan, WG_ROWS
+
+LOG2E = 1.4426950408889634
+MIN_CAPABILITY = (9, 0)
+SCHED_INTS = 4           # launch counter, done counter, 2 spare
+
+
+def gluon_import_error() -> str | None:
+    try:
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.language.nvidia.hopper import tma, warpgroup_mma  # noqa: F401
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: F401
+        if not hasattr(gl, "warp_specialize"):
+            return "this Triton's Gluon has no warp_specialize"
+    except Exception as e:  # noqa: BLE001
+        return f"Triton's Gluon (Hopper TMA/wgmma) is missing ({type(e).__name__}: {e}); install triton >= 3.5"
+    return None
+
+
+def unavailable_reason(device: torch.device, what: str = "the Hopper POD kernel") -> str | None:
+    """None if ``what`` can run on ``device``: a CUDA GPU of compute capability 9.0 (sm_90a:
+    wgmma, setmaxnreg; TMA) and Gluon."""
+    if device.type != "cuda":
+        return f"{what} runs on sm_90 CUDA GPUs only, not {device.type}"
+    err = gluon_import_error()
+    if err:
+        return err
+    if not torch.cuda.is_available():
+        return f"{what} needs a CUDA GPU; none is visible"
+    cap = tuple(torch.cuda.get_device_capability(device))
+    if cap != MIN_CAPABILITY:
+        return (f"{what} is built for sm_90a (Hopper: wgmma, setmaxnreg, TMA); this GPU is sm_{cap[0]}{cap[1]}: "
+                f"use the portable Triton methods (OURS_prefill / OURS_decode / POD)")
+    return None
+
+
+def num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def shape_unsupported(batch: HybridBatch, plan: HopperPlan) -> str | None:
+    """Why the kernel cannot take this batch's layout (None if it can)."""
+    s = batch.spec
+    d = s.model.head_dim
+    if d not in (64, 128, 256):
+        return f"head_dim {d} not supported"
+    if batch.q.dtype not in (torch.float16, torch.bfloat16):
+        return f"dtype {batch.q.dtype} not supported (fp16/bf16 only: wgmma operands)"
+    if plan.tiles.has_decode and s.has_decode:
+        bt = batch.decode_block_table()
+        want = (torch.arange(s.decode_batch, device=bt.device)[:, None] * batch.decode_pages_per_req
+                + torch.arange(batch.decode_pages_per_req, device=bt.device)[None, :])
+        if not torch.equal(bt.long(), want):
+            return "decode pages are not contiguous per request (TMA reads the dense view)"
+    return None
+
+
+def _gl_dtype(dt: torch.dtype):
+    from triton.experimental.gluon import language as gl
+    return {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[dt]
+
+
+def _desc(t2d: torch.Tensor, rows: int, d: int):
+    """TMA descriptor of a 2-D tensor with a [rows, d] box in the NVMMA (swizzled) shared layout."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    layout = gl.NVMMASharedLayout.get_default_for([rows, d], _gl_dtype(t2d.dtype))
+    return TensorDescriptor.from_tensor(t2d, [rows, d], layout)
+
+
+def kernel_meta(plan: HopperPlan, head_dim: int, has_p: bool, has_d: bool, trace: bool = False) -> dict:
+    t = plan.tiles
+    meta = dict(D=head_dim, BM=BLOCK_M, BN=t.block_n, STAGES=t.stages, BH=DECODE_ROWS, BND=t.decode_n,
+                DSTAGES=t.decode_stages, HAS_P=has_p, HAS_D=has_d, CAUSAL=plan.causal, TRACE=trace,
+                P_REGS=t.consumer_regs, D_REGS=t.decode_regs, L_REGS=t.producer_regs,
+                num_warps=4, maxnreg=t.launch_regs())
+    return meta
+
+
+class HopperLaunch:
+    """Everything allocated up front; ``__call__`` launches the persistent kernel, then the merge of
+    split partials when there are splits, and returns the outputs."""
+
+    def __init__(self, batch: HybridBatch, plan: HopperPlan, trace: bool = False):
+        from kernels.pod.kernel import merge_kernel
+
+        from .kernel import pod_hopper_kernel
+
+        self._kernel, self._merge = pod_hopper_kernel, merge_kernel
+        spec, dev = batch.spec, batch.device
+        m = spec.model
+        d, H, Hkv = m.head_dim, m.q_heads, m.kv_heads
+        why = shape_unsupported(batch, plan)
+        if why:
+            raise ValueError(why)
+        self.plan = plan
+        t = plan.tiles
+        self.do_p = t.has_prefill and spec.has_prefill
+        self.do_d = t.has_decode and spec.has_decode
+        dt = batch.q.dtype
+        dummy_f = torch.empty(1, device=dev, dtype=torch.float32)
+        dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
+        dummy_x = torch.zeros((WG_ROWS, d), device=dev, dtype=dt)    # descriptors of an absent part
+        self.out_p = torch.empty_like(batch.q_p) if self.do_p else None
+        self.out_d = torch.empty_like(batch.q_d) if self.do_d else None
+        sp, sd = plan.n_splits_p, plan.n_splits_d
+        split_p, split_d = self.do_p and sp > 1, self.do_d and sd > 1
+        self.po_p = torch.empty((sp, spec.prefill_len, H, d), device=dev) if split_p else dummy_f
+        self.plse_p = torch.empty((sp, spec.prefill_len, H), device=dev) if split_p else dummy_f
+        self.po_d = torch.empty((sd, spec.decode_batch, H, d), device=dev) if split_d else dummy_f
+        self.plse_d = torch.empty((sd, spec.decode_batch, H), device=dev) if split_d else dummy_f
+        if self.do_p:
+            qp = batch.q_p.reshape(spec.prefill_len, H * d)
+            kp = batch.k_p.reshape(spec.prefill_kv_len, Hkv * d)
+            vp = batch.v_p.reshape(spec.prefill_kv_len, Hkv * d)
+            p_args = [_desc(qp, WG_ROWS, d), _desc(kp, t.block_n, d), _desc(vp, t.block_n, d), self.out_p,
+                      self.po_p, self.plse_p, spec.prefill_len, spec.prefill_kv_len, H, m.group_size,
+                      plan.n_mblocks, sp, plan.n_prefill_items, self.out_p.stride(0)]
+        else:
+            p_args = [_desc(dummy_x, WG_ROWS, d), _desc(dummy_x, t.block_n, d), _desc(dummy_x, t.block_n, d),
+                      dummy_x, dummy_f, dummy_f, 0, 0, H, m.group_size, 0, 1, 0, 0]
+        if self.do_d:
+            cap = batch.k_d.shape[1]
+            qd = batch.q_d.reshape(spec.decode_batch * H, d)
+            kd = batch.k_d.reshape(spec.decode_batch * cap, Hkv * d)
+            vd = batch.v_d.reshape(spec.decode_batch * cap, Hkv * d)
+            d_args = [_desc(qd, DECODE_ROWS, d), _desc(kd, t.decode_n, d), _desc(vd, t.decode_n, d), self.out_d,
+                      self.po_d, self.plse_d, batch.decode_seqlens, spec.decode_batch, Hkv, plan.n_hblocks, sd,
+                      plan.n_decode_items, cap]
+        else:
+            d_args = [_desc(dummy_x, DECODE_ROWS, d), _desc(dummy_x, t.decode_n, d), _desc(dummy_x, t.decode_n, d),
+                      dummy_x, dummy_f, dummy_f, dummy_i, 0, Hkv, 0, 1, 0, 0]
+        self.sched = torch.zeros(SCHED_INTS, device=dev, dtype=torch.int32)
+        self.trace = torch.full((plan.grid,), -1, device=dev, dtype=torch.int32) if trace else dummy_i
+        self.args = p_args + d_args + [spec.sm_scale * LOG2E, self.sched, self.trace]
+        if not (self.do_p or self.do_d):
+            raise ValueError(f"a {t.mode} plan computes no part of this batch")
+        self.meta = kernel_meta(plan, d, self.do_p, self.do_d, trace)
+        self.grid = plan.grid
+        n_rows_p = spec.prefill_len * H if split_p else 0
+        n_rows_d = spec.decode_batch * H if split_d else 0
+        self.merge_blocks_p = -(-n_rows_p // MERGE_ROWS)
+        self.merge_grid = self.merge_blocks_p + -(-n_rows_d // MERGE_ROWS)
+        dummy_o = batch.q[:1]
+        self.merge_args = [self.po_p, self.plse_p, self.out_p if split_p else dummy_o, n_rows_p, sp,
+                           self.po_d, self.plse_d, self.out_d if split_d else dummy_o, n_rows_d, sd,
+                           self.merge_blocks_p]
+        self.head_dim = d
+
+    def launch(self):
+        self._kernel[(self.grid,)](*self.args, **self.meta)
+
+    def merge(self):
+        if self.merge_grid:
+            self._merge[(self.merge_grid,)](*self.merge_args, D=self.head_dim, BR=MERGE_ROWS, num_warps=4)
+
+    def outputs(self) -> dict:
+        out = {}
+        if self.do_p:
+            out["prefill"] = self.out_p
+        if self.do_d:
+            out["decode"] = self.out_d
+        return out
+
+    def __call__(self) -> dict:
+        self.launch()
+        self.merge()
+        return self.outputs()
+
+
+def aot_compile(launch: HopperLaunch, arch: int = 90):
+    """Compile the kernel of a prepared launch (its batch may live on the CPU) for ``sm_90a``
+    without a GPU, specialised as the JIT would specialise it. Returns triton's CompiledKernel
+    (``.asm['ptx'|'cubin']``, ``.metadata.shared``). Never call with TRITON_INTERPRET=1 set."""
+    import triton
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import create_function_from_signature
+
+    if arch != 90:
+        raise ValueError("the Hopper kernel targets sm_90a only")
+    kernel = launch._kernel
+    binder = create_function_from_signature(kernel.signature, kernel.params, BaseBackend)
+    bound, specialization, options = binder(*launch.args, **launch.meta)
+    names = [p.name for p in kernel.params]
+    signature = {n: sp[0] for n, sp in zip(names, specialization)}
+    constexprs = {(i,): bound[n] for i, n in enumerate(names) if signature[n] == "constexpr"}
+    attrs = {(i,): BaseBackend.parse_attr(sp[1]) for i, sp in enumerate(specialization)
+             if signature[names[i]] != "constexpr" and isinstance(sp[1], str)}
+    src = GluonASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
+
+
+__all__ = ["HopperLaunch", "aot_compile", "unavailable_reason", "num_sms", "shape_unsupported", "kernel_meta",
+           "MODE_PREFILL", "MODE_DECODE", "MODE_POD"]

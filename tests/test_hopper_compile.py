@@ -1,0 +1,97 @@
+"""The Hopper POD kernel (kernels/hopper, Gluon) compiled ahead of time for sm_90a on the CPU.
+
+Gluon has no CPU interpreter: correctness of the index math is checked against the reference by
+tests/test_hopper_schedule.py (a torch replay of the kernel's algorithm) and on the GPU by
+experiments/studies/hopper_check.yaml. Here every variant the methods launch at head dims 64/128
+(and prefill/decode at 256), fp16 and bf16, is compiled for sm_90a in a clean process (no
+TRITON_INTERPRET) and its PTX/SASS checked: asynchronous wgmma (HGMMA) in the prefill, mma.sync
+in the decode, setmaxnreg, TMA loads with mbarrier waits, no local memory (no spills), shared
+memory within 227 KB (and within half an SM for the 2-CTA decode variant).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMEM_PER_BLOCK = 227 * 1024
+SMEM_PER_SM = 228 * 1024
+
+VARIANTS = ([f"prefill:{d}:{dt}" for d in (64, 128) for dt in ("float16", "bfloat16")] + ["prefill:256:bfloat16"]
+            + [f"pod:{d}:{dt}" for d in (64, 128) for dt in ("float16", "bfloat16")]
+            + ["decode:64:float16", "decode:128:bfloat16", "decode:256:float16"])
+
+
+@pytest.fixture(scope="module")
+def reports():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-m", "kernels.hopper.aot", *VARIANTS], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("{"):
+            rep = json.loads(line)
+            out[f"{rep['mode']}:{rep['head_dim']}:{rep['dtype']}"] = rep
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiles_without_spills(reports, variant):
+    rep = reports[variant]
+    assert "error" not in rep, rep.get("error")
+    assert rep["ptx"]["ld_local"] == 0 and rep["ptx"]["st_local"] == 0
+    if "sass" in rep:
+        assert rep["sass"]["LDL"] == 0 and rep["sass"]["STL"] == 0, rep["sass"]
+        assert rep.get("local", 0) == 0 and rep.get("stack", 0) == 0
+    # setmaxnreg: registers moved between the partitions, under the launch cap
+    assert rep["ptx"]["setmaxnreg"] > 0
+    assert rep["maxnreg_directive"] == [rep["launch_regs"]]
+    assert rep["ptx"]["tma_load"] > 0 and rep["ptx"]["mbarrier_wait"] > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shared_memory_fits(reports, variant):
+    rep = reports[variant]
+    assert "error" not in rep, rep.get("error")
+    assert rep["shared"] <= SMEM_PER_BLOCK
+    assert rep["shared"] >= rep["smem_operands"]
+    if rep["ctas_per_sm"] == 2:
+        assert 2 * (rep["shared"] + 1024) <= SMEM_PER_SM
+    else:
+        # one CTA per SM, which the persistent grid assumes: its registers (launch cap x threads)
+        # or its shared memory leave no room for a second
+        regs = rep["launch_regs"] * rep["num_warps"] * 32
+        assert regs > 65536 // 2 or rep["shared"] > SMEM_PER_SM // 2 - 1024
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v.startswith("decode")])
+def test_prefill_uses_async_wgmma(reports, variant):
+    rep = reports[variant]
+    d = rep["head_dim"]
+    assert rep["ptx"]["wgmma"] > 0 and rep["ptx"]["wgmma_wait"] > 0
+    assert f"m64n{d}k16" in rep["wgmma_shapes"]            # O += P V, N = head dim
+    if "sass" in rep:
+        assert rep["sass"]["HGMMA"] > 0 and rep["sass"]["USETMAXREG"] > 0
+    # consumers get the registers, producers give theirs back
+    assert 24 in rep["setmaxnreg_values"] and max(rep["setmaxnreg_values"]) >= 192
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v.startswith("prefill")])
+def test_decode_uses_mma_sync(reports, variant):
+    rep = reports[variant]
+    assert rep["ptx"]["mma_sync"] > 0
+    if rep["mode"] == "decode":
+        assert rep["ptx"]["wgmma"] == 0
+
+
+def test_pod_256_is_refused_with_a_reason():
+    from kernels.hopper.plan import default_tiles
+    with pytest.raises(ValueError, match="head dim 256"):
+        default_tiles("pod", 256)
