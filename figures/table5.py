@@ -1,0 +1,71 @@
+"""Table 5 (arXiv trace) and the labelled stand-in for Tables 4/6: TTFT, TBT and request latency
+P50/P99 (s) and the share of requests with a stall over 200/500 ms, per load and system, from the
+simulator's 2,048-request runs; plus the simulator's validation against the GPU's online runs.
+    python -m figures.table5 --root RESULTS/serving --out table5.csv [--markdown table5.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+COLS = ["ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "request_latency_p50", "request_latency_p99",
+        "stall_200ms_pct", "stall_500ms_pct"]
+
+
+def _system(r) -> str:
+    if r["scheduler"] == "vllm":
+        return "vLLM (original)" + ("" if r["backend"] == "FA_Serial" else f" + {r['backend']}")
+    name = "Sarathi" if r["backend"] == "FA_Serial" else f"Sarathi+{r['backend']}"
+    return name
+
+
+def table(summary: pd.DataFrame) -> pd.DataFrame:
+    s = summary[summary["kind"] == "simulate"].copy()
+    s["trace"] = [json.loads(w)["kind"] for w in s["workload"]]
+    s["system"] = s.apply(_system, axis=1)
+    s["chunk"] = s["chunk_size"].fillna(0)
+    keep = ["label", "trace", "capacity_fraction", "qps", "system", "chunk", "completed", "request_throughput"] + COLS
+    t = s[[c for c in keep if c in s]].sort_values(["trace", "capacity_fraction", "chunk", "system"])
+    return t.reset_index(drop=True)
+
+
+def markdown(t: pd.DataFrame, validation: pd.DataFrame | None) -> str:
+    lines = []
+    for (trace, label), g in t.groupby(["trace", "label"], sort=False):
+        lines.append(f"### {trace}: {label}\n")
+        lines.append("| load (x capacity) | QPS | system | chunk | TTFT P50 | TTFT P99 | TBT P50 | TBT P99 | "
+                     "latency P50 | latency P99 | stalls >200ms % | >500ms % |")
+        lines.append("|---" * 12 + "|")
+        for _, r in g.iterrows():
+            lines.append(f"| {r['capacity_fraction']:.3f} | {r['qps']:.3f} | {r['system']} | "
+                         f"{int(r['chunk']) if r['chunk'] else '-'} | " + " | ".join(f"{r[c]:.2f}" for c in COLS) + " |")
+        lines.append("")
+    if validation is not None and len(validation):
+        lines.append("### simulator validation against the GPU's online runs\n")
+        lines.append(validation.to_markdown(index=False) if hasattr(validation, "to_markdown") else validation.to_string())
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--markdown", default=None)
+    a = ap.parse_args(argv)
+    root = Path(a.root) / "table5"
+    t = table(pd.read_csv(root / "summary.csv"))
+    t.to_csv(a.out, index=False)
+    val = pd.read_csv(root / "validation.csv") if (root / "validation.csv").exists() else None
+    if a.markdown:
+        try:
+            Path(a.markdown).write_text(markdown(t, val))
+        except ImportError:  # DataFrame.to_markdown needs tabulate
+            Path(a.markdown).write_text(markdown(t, None) + "\n" + (val.to_string(index=False) if val is not None else ""))
+    print(t.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

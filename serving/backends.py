@@ -1,0 +1,509 @@
+"""Attention backends of the serving engine, one registered class each (as kernels/registry.py does
+for the kernel benchmarks). A backend computes one layer's attention for the whole iteration,
+reading the KV cache (serving/kv_cache.py) in place; the iteration's new K/V are already written.
+
+  REF        float32 reference, one sequence at a time (any device): the correctness oracle
+  FA_Serial  FlashAttention-2 prefill then FlashAttention-2 decode (the paper's Sarathi baseline)
+  FI_Serial  FlashInfer batch prefill (paged) then batch decode (tensor cores)
+  FI_Batched FlashInfer one batch-prefill call (fa2) over prefill chunks and decodes
+  FI_POD     FlashInfer's POD-Attention (dense prefill + paged decode in one kernel)
+  POD        our Triton POD kernel (kernels/pod), whatever its current defaults are
+
+``begin(meta)`` plans once per iteration (shared by all layers, as FlashInfer's wrappers intend);
+``forward(layer, q, meta, timer)`` launches. ``timer(label)`` marks "<part>:begin"/"<part>:end"
+around the attention kernels ("prefill"/"decode" for serial backends, "attention" for fused).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+from .model import LlamaConfig
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run here (missing library, wrong device) or on this batch."""
+
+
+@dataclass
+class IterationMeta:
+    """Everything the model and the backends need about one iteration's batch.
+    Rows: prefill chunks first (in order), then one row per decode."""
+
+    num_tokens: int
+    input_ids: torch.Tensor        # (T,) int64
+    positions: torch.Tensor        # (T,) int32
+    slots: torch.Tensor            # (T,) int64 token rows of the flat KV cache
+    sample_rows: torch.Tensor      # (S,) int64 rows whose logits are sampled
+    prefills: list                 # [(q_off, q_len, token_base, kv_len)]
+    decode_base: list              # per decode: token row of its first key
+    decode_kv: list                # per decode: keys attended (its new one included)
+    block_size: int
+    device: torch.device
+    decode_base_t: torch.Tensor | None = None   # (B,) int32 on device
+    decode_kv_t: torch.Tensor | None = None     # (B,) int32 on device
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(p[1] for p in self.prefills)
+
+    @property
+    def num_decodes(self) -> int:
+        return len(self.decode_kv)
+
+
+_BACKENDS: dict[str, type] = {}
+
+
+def register(cls):
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _BACKENDS and _BACKENDS[cls.name] is not cls:
+        raise ValueError(f"backend {cls.name!r} registered twice")
+    _BACKENDS[cls.name] = cls
+    return cls
+
+
+def registered() -> dict:
+    return dict(_BACKENDS)
+
+
+def create(name: str, cfg: LlamaConfig, cache: KVCache, **options):
+    if name not in _BACKENDS:
+        raise KeyError(f"unknown attention backend {name!r}; registered: {', '.join(sorted(_BACKENDS))}")
+    cls = _BACKENDS[name]
+    why = cls.unavailable_reason(cache.device)
+    if why:
+        raise BackendUnavailable(f"{name}: {why}")
+    return cls(cfg, cache, **options)
+
+
+class AttentionBackend:
+    name: ClassVar[str] = ""
+    devices: ClassVar[tuple] = ("cuda",)
+    description: ClassVar[str] = ""
+
+    def __init__(self, cfg: LlamaConfig, cache: KVCache, **options):
+        self.cfg, self.cache, self.options = cfg, cache, options
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self._impl = self.name
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        if torch.device(device).type not in cls.devices:
+            return f"runs on {'/'.join(cls.devices)} only, not {torch.device(device).type}"
+        return None
+
+    def begin(self, meta: IterationMeta) -> None:
+        pass
+
+    def forward(self, li: int, q: torch.Tensor, meta: IterationMeta, timer=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        return {"impl": self._impl}
+
+
+def _mark(timer, label):
+    if timer is not None:
+        timer(label)
+
+
+# ---------------------------------------------------------------- reference
+@register
+class Reference(AttentionBackend):
+    name = "REF"
+    devices = ("cuda", "cpu")
+    description = "float32 reference (kernels/reference.py), one sequence at a time"
+
+    def __init__(self, cfg, cache, **options):
+        super().__init__(cfg, cache, **options)
+        self._impl = "kernels.reference.reference_attention (float32)"
+
+    def forward(self, li, q, meta, timer=None):
+        from kernels.reference import reference_attention
+
+        fk, fv = self.cache.flat(li)
+        out = torch.empty_like(q)
+        seqs = [(off, n, base, kv) for off, n, base, kv in meta.prefills]
+        off = meta.prefill_tokens
+        seqs += [(off + i, 1, b, kv) for i, (b, kv) in enumerate(zip(meta.decode_base, meta.decode_kv))]
+        _mark(timer, "attention:begin")
+        for o, n, base, kv in seqs:
+            r = reference_attention(q[None, o:o + n], fk[None, base:base + kv], fv[None, base:base + kv], [kv],
+                                    causal=True, sm_scale=self.scale)
+            out[o:o + n] = r[0].to(q.dtype)
+        _mark(timer, "attention:end")
+        return out
+
+
+# ---------------------------------------------------------------- FlashAttention-2
+def _fa_forward(*args, **kwargs):
+    """PyTorch's FlashAttention-2 entry point (one name, so tests can stand in for it on the CPU)."""
+    return torch.ops.aten._flash_attention_forward(*args, **kwargs)
+
+
+def _flash_schema_has(arg: str) -> bool:
+    try:
+        return arg in str(torch.ops.aten._flash_attention_forward.default._schema)
+    except Exception:
+        return False
+
+
+@register
+class FASerial(AttentionBackend):
+    """CUDA: PyTorch's FlashAttention-2 (``aten._flash_attention_forward``): each prefill chunk on its
+    dense key slice (bottom-right causal), then all decodes in one varlen call whose ``cum_seq_k``
+    holds each request's first key row and ``seqused_k`` its length (no copy). CPU: SDPA computing
+    the same (impl ``torch_sdpa_cpu``)."""
+
+    name = "FA_Serial"
+    devices = ("cuda", "cpu")
+    description = "FlashAttention-2 prefill, then FlashAttention-2 decode"
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        why = super().unavailable_reason(device)
+        if why or torch.device(device).type == "cpu":
+            return why
+        if not torch.backends.cuda.is_flash_attention_available():
+            return "this PyTorch build has no FlashAttention-2 (torch.backends.cuda.is_flash_attention_available())"
+        if not _flash_schema_has("seqused_k"):
+            return "this PyTorch's _flash_attention_forward has no seqused_k (needs torch >= 2.5)"
+        return None
+
+    def __init__(self, cfg, cache, **options):
+        super().__init__(cfg, cache, **options)
+        self.cuda = cache.device.type == "cuda"
+        self._impl = (f"aten._flash_attention_forward dense prefill + varlen/seqused_k decode (torch {torch.__version__})"
+                      if self.cuda else "torch_sdpa_cpu")
+
+    def begin(self, meta):
+        if self.cuda and meta.num_decodes:
+            base = meta.decode_base_t
+            last = (meta.decode_base[-1] + meta.decode_kv[-1])
+            self._cu_k = torch.cat([base, torch.tensor([last], dtype=torch.int32, device=meta.device)])
+            self._cu_q = torch.arange(meta.num_decodes + 1, dtype=torch.int32, device=meta.device)
+            self._max_k = max(meta.decode_kv)
+
+    def _prefill(self, q, fk, fv, off, n, base, kv):
+        if self.cuda:
+            return _fa_forward(
+                q[None, off:off + n], fk[None, base:base + kv], fv[None, base:base + kv], None, None, n, kv, 0.0,
+                True, False, scale=self.scale)[0][0]
+        qh = q[off:off + n].transpose(0, 1)[None]
+        kh, vh = (t[base:base + kv].transpose(0, 1)[None] for t in (fk, fv))
+        mask = torch.ones(n, kv, dtype=torch.bool, device=q.device).tril(kv - n)
+        return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale,
+                                              enable_gqa=True)[0].transpose(0, 1)
+
+    def _decode(self, qd, fk, fv, meta):
+        if self.cuda:
+            return _fa_forward(
+                qd, fk, fv, self._cu_q, self._cu_k, 1, self._max_k, 0.0, False, False, scale=self.scale,
+                seqused_k=meta.decode_kv_t)[0]
+        # CPU: gather the decodes' keys into a padded batch (a copy; the CPU path is for tests)
+        L = max(meta.decode_kv)
+        idx = torch.tensor(meta.decode_base, device=qd.device)[:, None] + torch.arange(L, device=qd.device)[None]
+        valid = torch.arange(L, device=qd.device)[None] < torch.tensor(meta.decode_kv, device=qd.device)[:, None]
+        idx = torch.where(valid, idx, 0)
+        kh, vh = fk[idx].transpose(1, 2), fv[idx].transpose(1, 2)          # (B, Hkv, L, d)
+        out = F.scaled_dot_product_attention(qd[:, :, None], kh, vh, attn_mask=valid[:, None, None, :],
+                                             scale=self.scale, enable_gqa=True)
+        return out[:, :, 0]
+
+    def forward(self, li, q, meta, timer=None):
+        fk, fv = self.cache.flat(li)
+        parts = []
+        if meta.prefills:
+            _mark(timer, "prefill:begin")
+            parts += [self._prefill(q, fk, fv, *p) for p in meta.prefills]
+            _mark(timer, "prefill:end")
+        if meta.num_decodes:
+            _mark(timer, "decode:begin")
+            parts.append(self._decode(q[meta.prefill_tokens:], fk, fv, meta))
+            _mark(timer, "decode:end")
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+# ---------------------------------------------------------------- FlashInfer
+_WORKSPACE_BYTES = 128 * 2 ** 20  # per wrapper, the size FlashInfer's examples use
+
+
+@functools.cache
+def _flashinfer():
+    try:
+        import flashinfer
+    except Exception as e:
+        return None, (f"flashinfer is not importable ({type(e).__name__}: {e}); "
+                      "pip install flashinfer-python (it JIT-compiles its kernels with nvcc on first use)")
+    return flashinfer, None
+
+
+def _page_table(bases_tok, kv_lens, block_size, device):
+    """CSR page table (indptr, indices, last_page_len) of requests whose keys start at token rows
+    ``bases_tok`` (block aligned) and span ``kv_lens`` keys."""
+    pages = [-(-kv // block_size) for kv in kv_lens]
+    indptr = np.zeros(len(pages) + 1, dtype=np.int32)
+    np.cumsum(pages, out=indptr[1:])
+    if pages:
+        starts = np.repeat(np.asarray(bases_tok, dtype=np.int64) // block_size, pages)
+        within = np.arange(indptr[-1], dtype=np.int64) - np.repeat(indptr[:-1].astype(np.int64), pages)
+        indices = (starts + within).astype(np.int32)
+    else:
+        indices = np.zeros(0, dtype=np.int32)
+    last = np.asarray([kv - (p - 1) * block_size for kv, p in zip(kv_lens, pages)], dtype=np.int32)
+    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    return t(indptr), t(indices), t(last)
+
+
+class _FlashInferBackend(AttentionBackend):
+    devices = ("cuda",)
+
+    def workspace(self) -> torch.Tensor:
+        """A zeroed float workspace of its own for each wrapper (several are planned per iteration)."""
+        return torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=self.cache.device)
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        return super().unavailable_reason(device) or _flashinfer()[1]
+
+    def __init__(self, cfg, cache, **options):
+        super().__init__(cfg, cache, **options)
+        self.fi = _flashinfer()[0]
+        self.types = dict(q_data_type=cache.dtype, kv_data_type=cache.dtype)
+
+    def _plan_prefill(self, wrapper, meta, seqs):
+        """Plan a batch-prefill wrapper over ``seqs`` = [(q_len, token_base, kv_len)]."""
+        c = self.cfg
+        qo = np.zeros(len(seqs) + 1, dtype=np.int32)
+        np.cumsum([s[0] for s in seqs], out=qo[1:])
+        indptr, indices, last = _page_table([s[1] for s in seqs], [s[2] for s in seqs], meta.block_size, meta.device)
+        wrapper.plan(torch.from_numpy(qo).to(meta.device), indptr, indices, last, c.q_heads, c.kv_heads, c.head_dim,
+                     meta.block_size, causal=True, sm_scale=self.scale, **self.types)
+
+    def _plan_decode(self, wrapper, meta, pos_encoding: bool = True):
+        c = self.cfg
+        indptr, indices, last = _page_table(meta.decode_base, meta.decode_kv, meta.block_size, meta.device)
+        extra = {"pos_encoding_mode": "NONE"} if pos_encoding else {}
+        wrapper.plan(indptr, indices, last, c.q_heads, c.kv_heads, c.head_dim, meta.block_size,
+                     sm_scale=self.scale, **extra, **self.types)
+
+
+@register
+class FISerial(_FlashInferBackend):
+    name = "FI_Serial"
+    description = "FlashInfer batch prefill over the paged cache, then batch decode (tensor cores)"
+
+    def __init__(self, cfg, cache, prefill_backend: str = "fa2", **options):
+        super().__init__(cfg, cache, **options)
+        fi = self.fi
+        self.pre = fi.BatchPrefillWithPagedKVCacheWrapper(self.workspace(), "NHD", backend=prefill_backend)
+        self.dec = fi.BatchDecodeWithPagedKVCacheWrapper(self.workspace(), "NHD", use_tensor_cores=True)
+        self._impl = f"flashinfer {fi.__version__} BatchPrefill({prefill_backend}) + BatchDecode(tensor_cores)"
+
+    def begin(self, meta):
+        if meta.prefills:
+            self._plan_prefill(self.pre, meta, [(n, b, kv) for _, n, b, kv in meta.prefills])
+        if meta.num_decodes:
+            self._plan_decode(self.dec, meta)
+
+    def forward(self, li, q, meta, timer=None):
+        cache, parts, lp = self.cache.layer(li), [], meta.prefill_tokens
+        if meta.prefills:
+            _mark(timer, "prefill:begin")
+            parts.append(self.pre.run(q[:lp], cache))
+            _mark(timer, "prefill:end")
+        if meta.num_decodes:
+            _mark(timer, "decode:begin")
+            parts.append(self.dec.run(q[lp:], cache))
+            _mark(timer, "decode:end")
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@register
+class FIBatched(_FlashInferBackend):
+    name = "FI_Batched"
+    description = "FlashInfer one batch-prefill call (fa2) over the prefill chunks and the one-token decodes"
+
+    def __init__(self, cfg, cache, prefill_backend: str = "fa2", **options):
+        super().__init__(cfg, cache, **options)
+        self.pre = self.fi.BatchPrefillWithPagedKVCacheWrapper(self.workspace(), "NHD", backend=prefill_backend)
+        self._impl = f"flashinfer {self.fi.__version__} BatchPrefill({prefill_backend}) over prefills + decodes"
+
+    def begin(self, meta):
+        seqs = [(n, b, kv) for _, n, b, kv in meta.prefills] + [(1, b, kv) for b, kv in zip(meta.decode_base, meta.decode_kv)]
+        self._plan_prefill(self.pre, meta, seqs)
+
+    def forward(self, li, q, meta, timer=None):
+        _mark(timer, "attention:begin")
+        out = self.pre.run(q, self.cache.layer(li))
+        _mark(timer, "attention:end")
+        return out
+
+
+@register
+class FIPOD(FISerial):
+    """FlashInfer's PODWithPagedKVCacheWrapper on hybrid batches of one prefill chunk (its dense
+    keys are the request's contiguous slice) and decodes; other batches go through FI_Serial's
+    kernels and are counted in ``info()['fallback_iterations']``."""
+
+    name = "FI_POD"
+    description = "FlashInfer POD-Attention: dense causal prefill fused with paged batch decode"
+
+    def __init__(self, cfg, cache, **options):
+        super().__init__(cfg, cache, **options)
+        self.pod = self.fi.PODWithPagedKVCacheWrapper(self.workspace(), "NHD")
+        self._impl = f"flashinfer {self.fi.__version__} PODWithPagedKVCache (+ FI_Serial kernels off hybrid batches)"
+        self.fused = self.fallback = 0
+
+    def begin(self, meta):
+        self._use_pod = len(meta.prefills) == 1 and meta.num_decodes > 0
+        if self._use_pod:
+            self.fused += 1
+            self._plan_decode(self.pod, meta, pos_encoding=False)   # called as kernels/adapters/flashinfer.py does
+        else:
+            self.fallback += 1
+            super().begin(meta)
+
+    def forward(self, li, q, meta, timer=None):
+        if not self._use_pod:
+            return super().forward(li, q, meta, timer)
+        (_, n, base, kv), = meta.prefills
+        fk, fv = self.cache.flat(li)
+        _mark(timer, "attention:begin")
+        out_p, out_d = self.pod.run(q[:n], fk[base:base + kv], fv[base:base + kv], q[n:], self.cache.layer(li),
+                                    causal_p=True, kv_layout_p="NHD", sm_scale_p=self.scale)
+        _mark(timer, "attention:end")
+        return torch.cat([out_p, out_d])
+
+    def info(self):
+        return {"impl": self._impl, "fused_iterations": self.fused, "fallback_iterations": self.fallback}
+
+
+# ---------------------------------------------------------------- our POD (Triton)
+class _PodView:
+    """The attributes of kernels.workload.HybridBatch that our launcher reads, for one iteration of
+    the engine: variable decode lengths (``decode_seqlens``), block tables into the layer's pages."""
+
+    def __init__(self, spec, device, q, k_pool, v_pool, seqlens, bt_d, bt_p):
+        self.spec, self.device, self.q = spec, device, q
+        self.q_p, self.q_d = q[: spec.prefill_len], q[spec.prefill_len:]
+        self.k_pool, self.v_pool = k_pool, v_pool
+        self.decode_seqlens, self._bt_d, self._bt_p = seqlens, bt_d, bt_p
+
+    def decode_block_table(self):
+        return self._bt_d
+
+    def prefill_block_table(self):
+        return self._bt_p
+
+
+@register
+class POD(AttentionBackend):
+    """Our Triton POD kernel (kernels/pod) with its default knobs (YAML options: PodConfig fields),
+    paged KV through block tables: one fused launch per layer for hybrid batches, the prefill or
+    decode launch alone otherwise. One launch is prepared per iteration and re-pointed at each
+    layer's tensors (same shapes and strides), so planning stays out of the per-layer path.
+    On the CPU it needs TRITON_INTERPRET=1 (slow: tests use the tiny model)."""
+
+    name = "POD"
+    devices = ("cuda", "cpu")
+    description = "our POD-Attention kernel (Triton), SM-aware CTA scheduling"
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        why = super().unavailable_reason(device)
+        if why:
+            return why
+        from kernels.pod.launch import interpreting
+
+        if torch.device(device).type == "cpu" and not interpreting():
+            return "on the CPU our Triton kernel needs TRITON_INTERPRET=1 set before triton is imported"
+        return None
+
+    def __init__(self, cfg, cache, **options):
+        super().__init__(cfg, cache, **options)
+        from kernels.pod.plan import PodConfig
+
+        options = {"kv_layout": "paged", **options}
+        if options["kv_layout"] != "paged":
+            raise ValueError("the serving engine's POD reads the paged cache: kv_layout must be 'paged'")
+        self.pod_config = PodConfig(**options)
+        self.last_plan = None
+
+    def begin(self, meta):
+        from kernels.pod.launch import MODE_DECODE, MODE_POD, MODE_PREFILL, _Launch, num_sms
+        from kernels.pod.plan import make_plan
+        from kernels.workload import BatchSpec, ModelShape
+
+        if len(meta.prefills) > 1:
+            raise BackendUnavailable("POD takes at most one prefill chunk per batch (Sarathi's batches)")
+        c, dev, bs = self.cfg, meta.device, meta.block_size
+        lp = meta.prefill_tokens
+        kv_p = meta.prefills[0][3] if meta.prefills else 0
+        B = meta.num_decodes
+        shape = ModelShape(c.name, c.q_heads, c.kv_heads, c.head_dim, c.layers)
+        dtype = str(self.cache.dtype).removeprefix("torch.")
+        spec = BatchSpec(shape, dtype, prefill_len=lp, prefill_kv_len=kv_p, decode_batch=B,
+                         decode_ctx=max(meta.decode_kv, default=0), page_size=bs)
+        mode = MODE_POD if (lp and B) else (MODE_PREFILL if lp else MODE_DECODE)
+        plan = make_plan(spec, mode, num_sms(dev), self.pod_config)
+        self.last_plan = plan.as_dict()
+        dummy = torch.zeros((1, 1), dtype=torch.int32, device=dev)
+        bt_p = dummy
+        if lp:
+            base_blk = meta.prefills[0][2] // bs
+            bt_p = (base_blk + torch.arange(-(-kv_p // bs), device=dev, dtype=torch.int32))[None]
+        bt_d, seqlens = dummy, torch.zeros(1, dtype=torch.int32, device=dev)
+        if B:
+            width = -(-max(meta.decode_kv) // bs)
+            bt_d = (meta.decode_base_t[:, None] // bs + torch.arange(width, device=dev, dtype=torch.int32)[None]).int()
+            seqlens = meta.decode_kv_t
+        k0, v0 = self.cache.layer(0)
+        q0 = torch.empty((meta.num_tokens, c.q_heads, c.head_dim), dtype=self.cache.dtype, device=dev)
+        view = _PodView(spec, dev, q0, k0, v0, seqlens, bt_d, bt_p)
+        launch = _Launch(view, plan, True)
+        # one output buffer (T, H, d) whose halves are the launch's prefill and decode outputs
+        self._out = torch.empty_like(q0)
+        swap = {}
+        if launch.do_p:
+            swap[id(launch.out_p)] = self._out[:lp]
+        if launch.do_d:
+            swap[id(launch.out_d)] = self._out[lp:]
+        launch.args = [swap.get(id(a), a) for a in launch.args]
+        launch.merge_args = [swap.get(id(a), a) for a in launch.merge_args]
+        # argument slots to re-point per layer
+        self._slots = {key: [i for i, a in enumerate(launch.args) if a is obj]
+                       for key, obj in (("qp", view.q_p), ("qd", view.q_d), ("k", k0), ("v", v0))}
+        self._launch, self._mode, self._lp = launch, mode, lp
+        self._grid = plan.n_prefill_ctas + plan.n_decode_ctas if mode == MODE_POD else (
+            plan.n_prefill_ctas if mode == MODE_PREFILL else plan.n_decode_ctas)
+
+    def forward(self, li, q, meta, timer=None):
+        L, lp = self._launch, self._lp
+        k, v = self.cache.layer(li)
+        for key, t in (("qp", q[:lp]), ("qd", q[lp:]), ("k", k), ("v", v)):
+            for i in self._slots[key]:
+                L.args[i] = t
+        _mark(timer, "attention:begin")
+        L.launch(self._mode, self._grid)
+        L.merge()
+        _mark(timer, "attention:end")
+        return self._out
+
+    def info(self):
+        p = self.last_plan or {}
+        t = p.get("tiles", {})
+        impl = "triton POD (kernels/pod)"
+        if p:
+            impl += (f" cps{p.get('ctas_per_sm')} tiles {t.get('block_m')}x{t.get('block_n')}/"
+                     f"{t.get('decode_rows')}x{t.get('decode_n')} split {p.get('n_splits_p')}/{p.get('n_splits_d')} (last plan)")
+        return {"impl": impl}

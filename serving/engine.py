@@ -1,0 +1,198 @@
+"""The serving engine: model + KV cache + attention backend, driven by the shared serving loop.
+
+Each iteration the scheduler's batch becomes an ``IterationMeta`` (token ids, positions, KV slots,
+per-sequence key ranges), the backend plans, the model runs, the sampling rows' logits are argmaxed
+and copied to the host (a real synchronization, as every engine does to stream tokens). The
+iteration's duration is wall time from before scheduling to after that copy, so scheduling, input
+preparation, planning and launch overheads all count. The engine's clock is the sum of those
+durations; when nothing can run it jumps to the next arrival instead of sleeping (equivalent to
+real time, since arrivals do not depend on the engine, and it spends no GPU time idling).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from . import backends as backends_mod
+from .backends import IterationMeta
+from .kv_cache import KVCache
+from .model import LlamaConfig, LlamaModel
+from .scheduler import Batch, BlockPool, LoopResult, Request, Work, make_scheduler, serve_loop
+from .trace import RequestSpec
+
+
+class EventTimer:
+    """Collects ``label`` marks ("<part>:begin"/"<part>:end") as CUDA events (or host times on the
+    CPU) and sums each part's time in seconds after a synchronize."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def __call__(self, label: str) -> None:
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.marks.append((label, e))
+        else:
+            self.marks.append((label, time.perf_counter()))
+
+    def totals(self) -> dict:
+        if self.cuda:
+            torch.cuda.synchronize()
+        out, open_ = {}, {}
+        for label, m in self.marks:
+            part, what = label.rsplit(":", 1)
+            if what == "begin":
+                open_[part] = m
+            else:
+                b = open_.pop(part)
+                dt = b.elapsed_time(m) / 1e3 if self.cuda else m - b
+                out[part] = out.get(part, 0.0) + dt
+        self.marks.clear()
+        return out
+
+
+class Engine:
+    def __init__(self, cfg: LlamaConfig, backend: str, device="cpu", dtype=torch.float16, block_size: int = 16,
+                 num_blocks: int | None = None, kv_fraction: float = 0.9, kv_headroom_gb: float = 8.0,
+                 seed: int = 0, init_range: float = 1e-3, ops: str = "auto", prompt: str = "repeated",
+                 backend_options: dict | None = None, model: LlamaModel | None = None, cache: KVCache | None = None):
+        """``model`` and ``cache`` may be passed in to reuse them across runs (another backend)."""
+        self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
+        self.model = model or LlamaModel(cfg, self.device, dtype, seed=seed, init_range=init_range, ops=ops)
+        if cache is not None:
+            self.cache = cache
+        elif num_blocks is None:
+            if self.device.type != "cuda":
+                raise ValueError("num_blocks is required off the GPU")
+            self.cache = KVCache.for_gpu(cfg, block_size, dtype, self.device, kv_fraction, kv_headroom_gb)
+        else:
+            self.cache = KVCache(cfg, num_blocks, block_size, dtype, self.device)
+        self.backend = backends_mod.create(backend, cfg, self.cache, **(backend_options or {}))
+        if prompt not in ("repeated", "pseudo_random"):
+            raise ValueError("prompt must be 'repeated' (the artifact's: one token id) or 'pseudo_random'")
+        self.prompt = prompt
+        self.timer: EventTimer | None = None
+        self.last_logits: torch.Tensor | None = None
+        self.keep_logits = False
+        self.logits_log: list = []
+
+    # ------------------------------------------------------------ iteration inputs
+    def prompt_ids(self, rid: int, start: int, n: int) -> np.ndarray:
+        if self.prompt == "repeated":
+            return np.full(n, 1, dtype=np.int64)
+        pos = np.arange(start, start + n, dtype=np.int64)
+        return (rid * 1_000_003 + pos * 7_919 + (pos * pos) % 101) % self.cfg.vocab_size
+
+    def build_meta(self, batch: Batch) -> IterationMeta:
+        pool, bsz = self.cache.pool, self.cache.block_size
+        ids, pos, slots, sample, prefills = [], [], [], [], []
+        off = 0
+        for w in batch.prefills:
+            base = pool.base(w.req.rid) * bsz
+            p = np.arange(w.start, w.kv_len, dtype=np.int64)
+            ids.append(self.prompt_ids(w.req.rid, w.start, w.q_len))
+            pos.append(p)
+            slots.append(base + p)
+            prefills.append((off, w.q_len, base, w.kv_len))
+            off += w.q_len
+            if w.samples:
+                sample.append(off - 1)
+        dbase, dkv = [], []
+        if batch.decodes:
+            d_ids, d_pos = [], []
+            for w in batch.decodes:
+                base = pool.base(w.req.rid) * bsz
+                d_ids.append(w.req.tokens[-1] if w.req.tokens else 0)
+                d_pos.append(w.start)
+                dbase.append(base)
+                dkv.append(w.kv_len)
+            d_pos = np.asarray(d_pos, dtype=np.int64)
+            ids.append(np.asarray(d_ids, dtype=np.int64))
+            pos.append(d_pos)
+            slots.append(np.asarray(dbase, dtype=np.int64) + d_pos)
+            sample.extend(range(off, off + len(batch.decodes)))
+        dev = self.device
+        t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(device=dev, dtype=dt)  # noqa: E731
+        meta = IterationMeta(
+            num_tokens=batch.num_tokens, input_ids=t(np.concatenate(ids), torch.int64),
+            positions=t(np.concatenate(pos), torch.int32), slots=t(np.concatenate(slots), torch.int64),
+            sample_rows=t(np.asarray(sample, dtype=np.int64), torch.int64), prefills=prefills,
+            decode_base=dbase, decode_kv=dkv, block_size=bsz, device=dev)
+        if dkv:
+            meta.decode_base_t = t(np.asarray(dbase), torch.int32)
+            meta.decode_kv_t = t(np.asarray(dkv), torch.int32)
+        return meta
+
+    # ------------------------------------------------------------ one iteration
+    @torch.inference_mode()
+    def execute(self, batch: Batch, index: int = 0) -> None:
+        meta = self.build_meta(batch)
+        self.backend.begin(meta)
+        logits = self.model.forward(meta, self.cache, self.backend, self.timer)
+        tokens = logits.argmax(-1).tolist()          # synchronizes with the device
+        if self.keep_logits:
+            self.logits_log.append(logits.float().cpu())
+        samplers = [w for w in batch.works if w.samples]
+        for w, tok in zip(samplers, tokens):
+            w.req.tokens.append(int(tok))
+
+    # ------------------------------------------------------------ runs
+    def fresh_pool(self) -> BlockPool:
+        self.cache.pool = BlockPool(self.cache.num_blocks, self.cache.block_size)
+        return self.cache.pool
+
+    def run(self, specs: list[RequestSpec], scheduler_cfg: dict, max_iterations: int | None = None,
+            select=None, on_iteration=None) -> LoopResult:
+        sched = make_scheduler(scheduler_cfg, self.fresh_pool())
+        return serve_loop(specs, sched, self.execute, wall_clock=time.perf_counter, max_iterations=max_iterations,
+                          select=select, on_iteration=on_iteration)
+
+    def warmup(self, scheduler_cfg: dict, prompt_lens=(300, 700), output_len: int = 6) -> None:
+        """A short run with prefill-only, hybrid and decode-only batches, so that every kernel
+        family is compiled (Triton, FlashInfer JIT) and cuBLAS is initialized before timing."""
+        cfg = dict(scheduler_cfg)
+        cap = self.cache.capacity_tokens // (2 * len(prompt_lens)) - output_len
+        if cfg["name"] == "sarathi":
+            cfg["chunk_size"] = min(int(cfg["chunk_size"]), 256)
+        else:
+            cap = min(cap, int(cfg.get("max_tokens", cap)))
+        specs = [RequestSpec(i, max(1, min(p, cap)), output_len) for i, p in enumerate(prompt_lens)]
+        self.run(specs, cfg)
+
+    def breakdown(self, prefill_tokens: int, prefill_kv: int, num_decodes: int, decode_ctx: int,
+                  repeats: int = 5) -> dict:
+        """Time one hybrid iteration (a prefill chunk of ``prefill_tokens`` ending at key
+        ``prefill_kv``, plus ``num_decodes`` decodes of ``decode_ctx`` keys): total and per
+        attention part (figure 4), medians over ``repeats`` runs after one warm-up."""
+        pool = self.fresh_pool()
+        need = pool.blocks_for(prefill_kv + 2) + num_decodes * pool.blocks_for(decode_ctx + 4)
+        if need > pool.num_blocks:
+            raise MemoryError(f"{num_decodes} decodes of {decode_ctx} keys and a {prefill_kv}-key prefill need "
+                              f"{need} KV blocks; the cache has {pool.num_blocks}")
+        pre = Request(RequestSpec(0, prefill_kv, 2))
+        pool.allocate(0, prefill_kv + 2)
+        decs = []
+        for i in range(num_decodes):
+            r = Request(RequestSpec(i + 1, decode_ctx - 1, 4))
+            pool.allocate(r.rid, decode_ctx + 4)
+            decs.append(Work(r, decode_ctx - 1, 1, False, True))
+        works = [Work(pre, prefill_kv - prefill_tokens, prefill_tokens, True, True)] if prefill_tokens else []
+        batch = Batch(works, decs)
+        samples = []
+        for rep in range(repeats + 1):
+            self.timer = EventTimer(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            self.execute(batch)
+            total = time.perf_counter() - t0
+            parts = self.timer.totals()
+            self.timer = None
+            if rep:
+                samples.append({"total": total, **parts})
+        keys = sorted({k for s in samples for k in s})
+        return {k: float(np.median([s.get(k, 0.0) for s in samples])) for k in keys}

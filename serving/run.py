@@ -1,0 +1,662 @@
+"""The one command of the end-to-end experiments:
+
+    python -m serving.run CONFIG.yaml [CONFIG.yaml ...] --out DIR [--smoke] [--stage gpu|cpu|all]
+                          [--time-budget SECONDS] [--only ID_SUBSTRING]
+
+A config (experiments/serving/<target>.yaml) lists ``runs``; each has a ``kind``:
+  GPU stage (the engine):  check      whole-model outputs of each backend against the REF backend
+                           window     steady-state window of an offline run (fast-forwarded schedule)
+                           online     a whole online run (arrivals over time)
+                           breakdown  iteration time split into attention parts (figure 4)
+  CPU stage (no GPU):      calibrate  latency models fitted to GPU iterations (-> calibration.json)
+                           simulate   the discrete-event simulator driven by a calibration
+                           validate   replay and calibrated-model checks against online GPU runs
+A run entry may carry ``matrix: {key: [values, ...]}`` (the product of the values, in order, the
+last key varying fastest: put ``backend`` last to interleave backends against drift; keys
+starting with ``each`` take dicts that set several keys together; a run's ``chunk_size`` fills a
+Sarathi scheduler that has none) and an ``id``
+template like "{model}-{scheduler[name]}-{backend}". ``defaults:`` apply to every run; ``--smoke``
+deep-merges the config's ``smoke:`` section over it (tiny model, CPU).
+
+Outputs under DIR/<config name>/: runs/<id>/{iterations.csv.gz, requests.csv, summary.csv,
+done.json} (a run with done.json is skipped: rerunning the command resumes), calibration.json,
+validation.csv, and summary.csv (all runs' summaries, rebuilt at the end of every invocation).
+Every row carries the provenance columns of experiments/provenance.py.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import itertools
+import json
+import math
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+GPU_KINDS = ("check", "window", "online", "breakdown")
+CPU_KINDS = ("calibrate", "simulate", "validate")
+
+
+# ---------------------------------------------------------------- config handling
+def deep_merge(base, over):
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = deep_merge(base.get(k), v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def load_config(path: str | Path, smoke: bool = False) -> dict:
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    smoke_doc = doc.pop("smoke", None) or {}
+    if smoke:
+        doc = deep_merge(doc, smoke_doc)
+    doc.setdefault("name", Path(path).stem)
+    return doc
+
+
+class _Fmt(dict):
+    def __missing__(self, key):
+        raise KeyError(f"id template names {key!r}, which the run does not set")
+
+
+def expand_runs(doc: dict) -> list[dict]:
+    """The config's runs with defaults applied and matrices expanded, in order."""
+    defaults = doc.get("defaults", {}) or {}
+    out = []
+    for entry in doc.get("runs", []):
+        entry = deep_merge(defaults, entry)
+        matrix = entry.pop("matrix", None) or {}
+        keys = list(matrix)
+        for values in itertools.product(*(matrix[k] for k in keys)) if keys else [()]:
+            run = copy.deepcopy(entry)
+            for k, v in zip(keys, values):
+                if k.startswith("each"):  # each, each_system, ...: a dict of several keys set together
+                    run = deep_merge(run, v)
+                else:
+                    run[k] = deep_merge(run[k], v) if isinstance(run.get(k), dict) and isinstance(v, dict) else v
+            sched = run.get("scheduler")
+            if isinstance(sched, dict) and sched.get("name") == "sarathi" and "chunk_size" not in sched \
+                    and "chunk_size" in run:
+                sched["chunk_size"] = run["chunk_size"]     # a model's chunk size for the Sarathi systems
+            template = run.get("id", run["kind"])
+            run["id"] = template.format_map(_Fmt(run)).replace("/", "_").replace(" ", "")
+            out.append(run)
+    ids = [r["id"] for r in out]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ValueError(f"duplicate run ids: {sorted(dup)}")
+    return out
+
+
+# ---------------------------------------------------------------- output helpers
+def _provenance(device):
+    from experiments.provenance import provenance
+
+    return provenance(device)
+
+
+def _with_prov(df: pd.DataFrame, prov: dict, extra: dict) -> pd.DataFrame:
+    from experiments.provenance import stamp
+
+    cols = {**extra, **stamp(prov)}
+    for k, v in cols.items():
+        df[k] = [v] * len(df) if len(df) else []
+    return df
+
+
+def _clock_now(device) -> dict:
+    """SM and memory clocks now (empty off the GPU)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return {}
+    try:
+        from experiments.provenance import _nvml_info
+
+        info = _nvml_info(torch.device(device))
+        return {"sm_clock_mhz_end": info.get("sm_clock_mhz", ""), "mem_clock_mhz_end": info.get("mem_clock_mhz", "")}
+    except Exception:
+        return {}
+
+
+def _write_run(run_dir: Path, run: dict, prov: dict, summary: dict, iterations=None, requests=None, extra_csv=None):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tags = {"run_id": run["id"], "kind": run["kind"], "model": run.get("model", ""), "backend": run.get("backend", ""),
+            "scheduler": (run.get("scheduler") or {}).get("name", ""),
+            "chunk_size": (run.get("scheduler") or {}).get("chunk_size", ""),
+            "workload": json.dumps(run.get("workload", {}), sort_keys=True)}
+    if iterations is not None:
+        _with_prov(pd.DataFrame(iterations), prov, tags).to_csv(run_dir / "iterations.csv.gz", index=False)
+    if requests is not None:
+        _with_prov(requests, prov, tags).to_csv(run_dir / "requests.csv", index=False)
+    if extra_csv is not None:
+        name, df = extra_csv
+        _with_prov(df, prov, tags).to_csv(run_dir / name, index=False)
+    _with_prov(pd.DataFrame([summary]), prov, tags).to_csv(run_dir / "summary.csv", index=False)
+    (run_dir / "done.json").write_text(json.dumps({"run": run, "finished": time.time()}, indent=1, default=str))
+
+
+def read_exact(path) -> pd.DataFrame:
+    """A CSV with every float read back bit for bit (pandas 3 parses so by default; pandas 2
+    needs the round-trip parser): replay validation compares metrics exactly."""
+    if int(pd.__version__.split(".")[0]) < 3:
+        return pd.read_csv(path, float_precision="round_trip")
+    return pd.read_csv(path)
+
+
+def read_iterations(target_dir: Path, kinds=("window", "online")) -> pd.DataFrame:
+    frames = []
+    for f in sorted(target_dir.glob("runs/*/iterations.csv.gz")):
+        df = pd.read_csv(f)
+        if len(df) and df["kind"].iloc[0] in kinds:
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ---------------------------------------------------------------- GPU stage
+class _EngineCache:
+    """One model and KV cache per (model, dtype, block size), reused by runs of other backends."""
+
+    def __init__(self):
+        self.key, self.model, self.cache = None, None, None
+
+    def get(self, run: dict, device):
+        import torch
+
+        from .kv_cache import KVCache
+        from .model import LlamaModel, model_config
+        from kernels.workload import dtype_of
+
+        cfg = model_config(run["model"])
+        dtype = dtype_of(run.get("dtype", "float16"))
+        key = (cfg, str(dtype), int(run.get("block_size", 16)), run.get("num_blocks"), str(device),
+               run.get("ops", "auto"), float(run.get("init_range", 1e-3)))
+        if key != self.key:
+            self.model = self.cache = None
+            gc.collect()
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()
+            model = LlamaModel(cfg, device, dtype, seed=int(run.get("seed", 0)), init_range=float(run.get("init_range", 1e-3)),
+                               ops=run.get("ops", "auto"))
+            if run.get("num_blocks"):
+                cache = KVCache(cfg, int(run["num_blocks"]), int(run.get("block_size", 16)), dtype, device)
+            else:
+                cache = KVCache.for_gpu(cfg, int(run.get("block_size", 16)), dtype, torch.device(device),
+                                        float(run.get("kv_fraction", 0.9)), float(run.get("kv_headroom_gb", 8.0)))
+            self.key, self.model, self.cache = key, model, cache
+        return cfg, dtype, self.model, self.cache
+
+
+def _engine(run: dict, cache_store: _EngineCache, device):
+    from .engine import Engine
+
+    cfg, dtype, model, cache = cache_store.get(run, device)
+    return Engine(cfg, run["backend"], device, dtype, block_size=cache.block_size, model=model, cache=cache,
+                  prompt=run.get("prompt", "repeated"), backend_options=run.get("backend_options") or {})
+
+
+def _kv_info(engine) -> dict:
+    c = engine.cache
+    return {"num_blocks": c.num_blocks, "block_size": c.block_size, "kv_capacity_tokens": c.capacity_tokens,
+            "backend_impl": engine.backend.info().get("impl", ""), "ops_impl": engine.model.impl}
+
+
+def run_window(run, out_dir, prov, store, device):
+    from .metrics import window_throughput
+    from .trace import build_workload
+
+    engine = _engine(run, store, device)
+    specs = build_workload(run["workload"])
+    if any(s.arrival for s in specs):
+        raise ValueError(f"{run['id']}: a window fast-forwards the schedule, exact only for offline workloads")
+    engine.warmup(run["scheduler"])
+    plan = window_plan(run, specs, engine.cache.num_blocks, engine.cache.block_size)
+    chosen = set(plan["window"]) | set(plan["warmup"])
+    t0 = time.time()
+    res = engine.run(specs, run["scheduler"], max_iterations=len(chosen), select=lambda fin, i: i in chosen)
+    measured = [it for it in res.iterations if it["measured"]]
+    warm_set = set(plan["warmup"])
+    for it in res.iterations:
+        it["warmup"] = it["iteration"] in warm_set
+        it["weight"] = plan["weights"].get(it["iteration"], 0)
+    for it in res.iterations:
+        it.setdefault("warmup", False)
+    timed = [it for it in measured if not it["warmup"]]
+    p, d = specs[0].prompt_len, specs[0].output_len
+    summary = {**window_throughput(timed, p, d, plan["cycle_slots"]), **_kv_info(engine), "prompt_len": p, "output_len": d,
+               "fast_forward_iterations": len(res.iterations) - len(measured), "wall_s": time.time() - t0,
+               **{k: v for k, v in plan.items() if k not in ("window", "warmup", "weights")},
+               "window_first": plan["window"][0], "window_last": plan["window"][-1],
+               **_clock_now(device)}
+    _write_run(out_dir, run, prov, summary, iterations=res.iterations)
+    return summary
+
+
+def window_plan(run: dict, specs, num_blocks: int, block_size: int) -> dict:
+    """Which iterations of an offline run's exact schedule a window executes.
+
+    Both schedulers oscillate with the period of a request's lifetime, because memory-bound
+    admission lets requests in in waves (vLLM: c whole prompts, then about output_len decode
+    iterations; Sarathi: phases of decode-only batches while no request can be admitted), c = the
+    requests that fit in the KV cache at once. A consecutive window of 150 Sarathi iterations was
+    up to 22% off the full run's rate (in simulation), and a window spilling past one vLLM cycle
+    20%. So the schedule is dry-run (no compute, time-independent) to find one cycle exactly: from
+    the iteration after ``skip_completed`` (auto: 2c) requests finished to the one after c more
+    finished; about ``iterations`` of its iterations are measured (a stratified sample, below), after
+    ``warmup_iterations`` executed just before it."""
+    from .scheduler import BlockPool, make_scheduler as _mk, serve_loop
+
+    c = max(1, min(int(run["scheduler"].get("max_batch_size", 999)),
+                   num_blocks // -(-specs[0].total_len // block_size)))
+    skip = run.get("skip_completed", "auto")
+    skip = 2 * c if skip == "auto" else int(skip)
+    skip = min(skip, max(0, len(specs) - c - 1))
+    end_at = min(len(specs), skip + c)
+    dry = serve_loop(specs, _mk(run["scheduler"], BlockPool(num_blocks, block_size)), lambda b, i: 0.0,
+                     stop=lambda fin, i: len(fin) >= end_at)
+    done, first, last = 0, None, len(dry.iterations)
+    for it in dry.iterations:
+        done += it["finished"]
+        if first is None and done >= skip:
+            first = it["iteration"] + 1
+        if done >= end_at:
+            last = it["iteration"] + 1
+            break
+    first = min(first if first is not None else 0, last - 1)
+    n, warm = int(run["iterations"]), int(run.get("warmup_iterations", 10))
+    span = last - first
+    # Stratified random sample (seeded): the cycle's iterations are grouped by batch kind (prefill,
+    # decode, hybrid: very different costs), each kind gets samples in proportion to its count but
+    # at least 5 (or all), drawn one per equal slice of that kind's iterations in time order and
+    # weighted by the slice's size. Evenly spaced picks alias with the schedule's own period and
+    # were 18% off in a test; kind-blind strata missed vLLM's short burst of prefill batches.
+    rng = random.Random(int(run.get("seed", 0)))
+    cycle = dry.iterations[first:last]
+    by_kind: dict = {}
+    for it in cycle:
+        by_kind.setdefault(it["kind"], []).append(it["iteration"])
+    window, weights = [], {}
+    for kind, idx in sorted(by_kind.items()):
+        k = min(len(idx), max(5, round(n * len(idx) / span)))
+        bounds = [(j * len(idx)) // k for j in range(k + 1)]
+        for lo, hi in zip(bounds, bounds[1:]):
+            i = idx[rng.randrange(lo, hi)]
+            window.append(i)
+            weights[i] = hi - lo
+    window.sort()
+    warmup = list(range(max(0, first - warm), first))
+    return {"skip_completed": skip, "concurrency": c, "cycle_start": first, "cycle_iterations": span,
+            "cycle_slots": sum(it["prefill_tokens"] + it["num_decodes"] for it in cycle),
+            "window": window, "weights": weights, "warmup": warmup}
+
+
+def _resolve_qps(run, target_root: Path):
+    """``qps`` as a number, or {capacity_fraction, calibration: <config name>, backend, n_capacity}:
+    that fraction of the saturating load of the workload's requests (simulated with the calibration)."""
+    from .simulator import LatencyModel, capacity_qps, load_models
+    from .trace import build_workload
+
+    q = run["workload"].get("qps")
+    if not isinstance(q, dict):
+        return q, {}
+    cal_file = target_root / q["calibration"] / "calibration.json"
+    if not cal_file.exists():   # fit it now from that config's GPU runs (the CPU stage refits it the same way)
+        run_calibrate({"sources": [q["calibration"]]}, target_root / q["calibration"], target_root)
+    cal = load_models(cal_file)
+    key = f"{run['model']}|{q.get('backend', 'FA_Serial')}"
+    if key not in cal["models"]:
+        raise KeyError(f"{run['id']}: no calibration for {key} in {q['calibration']}/calibration.json")
+    lat = LatencyModel.from_dict(cal["models"][key])
+    kv = cal["kv"][run["model"]]
+    wl = {k: v for k, v in run["workload"].items() if k != "qps"}
+    specs = build_workload(wl)
+    cap = capacity_qps(specs, q.get("scheduler", run["scheduler"]), kv["num_blocks"], kv["block_size"], lat)
+    return cap * float(q["capacity_fraction"]), {"capacity_qps": cap, "capacity_fraction": float(q["capacity_fraction"])}
+
+
+def run_online(run, out_dir, prov, store, device, target_root):
+    from .metrics import request_rows, summarize
+    from .trace import build_workload
+
+    qps, qinfo = _resolve_qps(run, target_root)
+    wl = dict(run["workload"], qps=qps)
+    engine = _engine(run, store, device)
+    specs = build_workload(wl)
+    engine.warmup(run["scheduler"])
+    t0 = time.time()
+    res = engine.run(specs, run["scheduler"], max_iterations=run.get("max_iterations"))
+    summary = {**summarize(res.requests), "qps": qps, **qinfo, **_kv_info(engine), "iterations": len(res.iterations),
+               "wall_s": time.time() - t0, **_clock_now(device)}
+    for it in res.iterations:
+        it["warmup"] = False
+    _write_run(out_dir, run, prov, summary, iterations=res.iterations, requests=request_rows(res.requests))
+    return summary
+
+
+def run_breakdown(run, out_dir, prov, store, device):
+    engine = _engine(run, store, device)
+    engine.warmup({"name": "sarathi", "chunk_size": int(run["prefill_tokens"]), "max_batch_size": 999})
+    rows = []
+    for ctx in run["contexts"]:
+        try:
+            t = engine.breakdown(int(run["prefill_tokens"]), int(ctx), int(run["num_decodes"]), int(ctx),
+                                 repeats=int(run.get("repeats", 5)))
+        except MemoryError as e:   # recorded, not hidden: the batch does not fit this GPU's KV cache
+            rows.append({"context": int(ctx), "prefill_tokens": int(run["prefill_tokens"]),
+                         "num_decodes": int(run["num_decodes"]), "note": str(e)})
+            continue
+        attn = sum(v for k, v in t.items() if k != "total")
+        rows.append({"context": int(ctx), "prefill_tokens": int(run["prefill_tokens"]),
+                     "num_decodes": int(run["num_decodes"]), "total_s": t["total"],
+                     "prefill_attention_s": t.get("prefill", float("nan")),
+                     "decode_attention_s": t.get("decode", float("nan")),
+                     "fused_attention_s": t.get("attention", float("nan")),
+                     "attention_s": attn, "other_s": t["total"] - attn})
+    df = pd.DataFrame(rows)
+    summary = {**_kv_info(engine), "contexts": len(rows), **_clock_now(device)}
+    _write_run(out_dir, run, prov, summary, extra_csv=("breakdown.csv", df))
+    return summary
+
+
+def check_backends(model_cfg, backends_list, device, dtype, workload, scheduler, num_blocks=None, block_size=16,
+                   init_range=0.02, backend_options=None) -> pd.DataFrame:
+    """Run one offline workload (pseudo-random prompts) through the engine with each backend and
+    compare every iteration's sampled logits and every generated token with the REF backend's."""
+    import torch
+
+    from .engine import Engine
+    from .model import LlamaModel
+    from .kv_cache import KVCache
+    from .trace import build_workload
+
+    specs = build_workload(workload)
+    if any(s.arrival for s in specs):
+        raise ValueError("check needs an offline workload (identical schedules)")
+    model = LlamaModel(model_cfg, device, dtype, seed=0, init_range=init_range)
+    if num_blocks is None:
+        num_blocks = -(-sum(s.total_len for s in specs) // block_size) + len(specs)
+    cache = KVCache(model_cfg, num_blocks, block_size, dtype, device)
+    results = {}
+    rows = []
+    for name in ["REF"] + [b for b in backends_list if b != "REF"]:
+        try:
+            eng = Engine(model_cfg, name, device, dtype, block_size=block_size, model=model, cache=cache,
+                         prompt="pseudo_random", backend_options=(backend_options or {}).get(name, {}))
+            eng.keep_logits = True
+            res = eng.run(specs, scheduler)
+            results[name] = (eng.logits_log, [r.tokens for r in res.requests], eng.backend.info().get("impl", ""))
+        except Exception as e:
+            rows.append({"backend": name, "ok": False, "error": f"{type(e).__name__}: {e}"})
+            continue
+    ref = results.get("REF")
+    for name, (logits, tokens, impl) in results.items():
+        if name == "REF" or ref is None:
+            continue
+        diffs = [float((a - b).abs().max()) for a, b in zip(ref[0], logits) if a.numel()]
+        scale = max(float(a.abs().max()) for a in ref[0] if a.numel())
+        same = sum(x == y for r, o in zip(ref[1], tokens) for x, y in zip(r, o))
+        total = sum(len(r) for r in ref[1])
+        max_diff = max(diffs) if diffs else 0.0
+        rows.append({"backend": name, "impl": impl, "iterations": len(logits), "max_abs_logit_diff": max_diff,
+                     "ref_max_abs_logit": scale, "tokens_equal": same, "tokens_total": total,
+                     "ok": bool(max_diff <= 2e-2 * scale and same == total), "error": ""})
+    return pd.DataFrame(rows)
+
+
+def run_check(run, out_dir, prov, device):
+    from kernels.workload import dtype_of
+    from .model import LlamaConfig, model_config
+
+    cfg = model_config(run["model"])
+    if run.get("layers"):
+        cfg = LlamaConfig(**{**cfg.__dict__, "name": f"{cfg.name}-{run['layers']}l", "layers": int(run["layers"])})
+    df = check_backends(cfg, run["backends"], device, dtype_of(run.get("dtype", "float16")), run["workload"],
+                        run["scheduler"], run.get("num_blocks"), int(run.get("block_size", 16)),
+                        float(run.get("init_range", 0.02)), run.get("backend_options"))
+    summary = {"backends": len(df), "failed": int((~df["ok"]).sum()) if len(df) else 0}
+    print(df.to_string(index=False))
+    _write_run(out_dir, run, prov, summary, extra_csv=("check.csv", df))
+    return summary
+
+
+# ---------------------------------------------------------------- CPU stage
+def run_calibrate(run, target_dir: Path, target_root: Path):
+    """Fit one latency model per (model, backend) to the measured, non-warm-up iterations of the
+    ``sources`` configs' GPU runs (``kinds``: window by default, so online runs stay out of the
+    fit and can validate it). Writes <target>/calibration.json."""
+    from .simulator import LatencyModel, save_models
+
+    frames = [read_iterations(target_root / s, tuple(run.get("kinds", ["window"]))) for s in run["sources"]]
+    df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
+    if df.empty:
+        raise FileNotFoundError(f"calibrate: no GPU iterations under {[str(target_root / s) for s in run['sources']]}")
+    df = df[(df["measured"]) & (~df["warmup"])]
+    models, kv, stats = {}, {}, []
+    outlier = float(run.get("outlier_rel", 1.0))
+    for (model, backend), g in df.groupby(["model", "backend"]):
+        rows = g.to_dict("records")
+        m = LatencyModel.fit(rows)
+        # one robust pass: leave out iterations far off the fit (a JIT compile, a clock dip), refit
+        keep = [r for r in rows if abs(m.predict_features(r) / float(r["duration"]) - 1) <= outlier]
+        dropped = len(rows) - len(keep)
+        if dropped and len(keep) >= 10:
+            m = LatencyModel.fit(keep)
+        gpus = ", ".join(sorted(map(str, g["gpu_name"].dropna().unique()))) if "gpu_name" in g else ""
+        models[f"{model}|{backend}"] = {**m.to_dict(), "dropped_outliers": dropped, "gpu_name": gpus}
+        stats.append({"model": model, "backend": backend, **m.stats, "dropped_outliers": dropped})
+    for f in sorted(itertools.chain.from_iterable((target_root / s).glob("runs/*/summary.csv") for s in run["sources"])):
+        s = pd.read_csv(f)
+        if "num_blocks" in s and len(s) and s["kind"].iloc[0] in ("window", "online"):
+            r = s.iloc[0]
+            kv.setdefault(r["model"], {"num_blocks": int(r["num_blocks"]), "block_size": int(r["block_size"])})
+    target_dir.mkdir(parents=True, exist_ok=True)
+    save_models(target_dir / "calibration.json", {"models": models, "kv": kv, "sources": run["sources"]})
+    pd.DataFrame(stats).to_csv(target_dir / "calibration_fit.csv", index=False)
+    return {"fitted": len(models)}
+
+
+def _load_calibration(run, target_root):
+    from .simulator import LatencyModel, load_models
+
+    cal = load_models(target_root / run["calibration"] / "calibration.json")
+    key = f"{run['model']}|{run['backend']}"
+    if key not in cal["models"]:
+        raise KeyError(f"no calibration for {key} in {run['calibration']}/calibration.json "
+                       f"(have: {', '.join(sorted(cal['models']))})")
+    kv = run.get("kv") or cal["kv"][run["model"]]
+    run["_calibrated_on"] = cal["models"][key].get("gpu_name", "")
+    return LatencyModel.from_dict(cal["models"][key]), kv
+
+
+def run_simulate(run, out_dir, prov, target_root):
+    from .metrics import request_rows, summarize
+    from .simulator import simulate
+    from .trace import build_workload
+
+    lat, kv = _load_calibration(run, target_root)
+    wl = dict(run["workload"])
+    qinfo = {}
+    if isinstance(wl.get("qps"), dict):
+        q = wl["qps"]
+        cal_run = dict(run, backend=q.get("backend", "FA_Serial"))
+        ref_lat, _ = _load_calibration(cal_run, target_root)
+        from .simulator import capacity_qps
+
+        base = build_workload({k: v for k, v in wl.items() if k != "qps"})
+        cap = capacity_qps(base, q.get("scheduler", run["scheduler"]), kv["num_blocks"], kv["block_size"], ref_lat)
+        wl["qps"] = cap * float(q["capacity_fraction"])
+        qinfo = {"capacity_qps": cap, "capacity_fraction": float(q["capacity_fraction"])}
+    specs = build_workload(wl)
+    t0 = time.time()
+    res = simulate(specs, run["scheduler"], kv["num_blocks"], kv["block_size"], lat)
+    summary = {**summarize(res.requests), "qps": wl.get("qps", 0.0) or 0.0, **qinfo, "iterations": len(res.iterations),
+               "num_blocks": kv["num_blocks"], "block_size": kv["block_size"], "sim_wall_s": time.time() - t0,
+               "latency_source": f"calibration:{run['calibration']}", "calibrated_on": run.get("_calibrated_on", ""),
+               "label": run.get("label", "")}
+    for it in res.iterations:
+        it["warmup"] = False
+    # per-iteration rows of a simulated 2,000-request run are ~36K lines: written on request only
+    _write_run(out_dir, run, prov, summary, iterations=res.iterations if run.get("write_iterations", False) else None,
+               requests=request_rows(res.requests))
+    return summary
+
+
+VALIDATION_METRICS = ("request_throughput", "ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "e2el_p50", "e2el_p99")
+LIMITS = {"request_throughput": 0.05, "p50": 0.10, "p99": 0.20}
+
+
+def run_validate(run, target_dir: Path, target_root: Path):
+    """For each online GPU run of ``runs_from`` (config name): (1) replay: simulate its requests
+    with its own recorded iteration durations -> every metric must be equal; (2) model: simulate
+    with the calibration -> throughput within 5%, P50s within 10%, P99s within 20%."""
+    from .metrics import summarize
+    from .simulator import LatencyModel, ReplayLatency, load_models, simulate
+    from .trace import build_workload
+
+    rows = []
+    src = target_root / run["runs_from"]
+    cal = load_models(target_root / run["calibration"] / "calibration.json")
+    for done in sorted(src.glob("runs/*/done.json")):
+        meta = json.loads(done.read_text())["run"]
+        if meta["kind"] != "online":
+            continue
+        rd = done.parent
+        summ = read_exact(rd / "summary.csv").iloc[0]
+        its = read_exact(rd / "iterations.csv.gz").to_dict("records")
+        wl = dict(meta["workload"], qps=float(summ["qps"]))
+        specs = build_workload(wl)
+        measured = {k: v for k, v in summ.to_dict().items()}
+        nb, bs = int(summ["num_blocks"]), int(summ["block_size"])
+        rep = summarize(simulate(specs, meta["scheduler"], nb, bs, ReplayLatency(its)).requests)
+        exact = all(_same(rep.get(k), measured.get(k)) for k in measured if k in rep)
+        rows.append({"run_id": meta["id"], "check": "replay", "metric": "all", "measured": float("nan"),
+                     "simulated": float("nan"), "rel_err": 0.0 if exact else float("nan"), "limit": 0.0, "pass": exact})
+        key = f"{meta['model']}|{meta['backend']}"
+        if key not in cal["models"]:
+            continue
+        lat = LatencyModel.from_dict(cal["models"][key])
+        sim = summarize(simulate(specs, meta["scheduler"], nb, bs, lat).requests)
+        for m in VALIDATION_METRICS:
+            limit = LIMITS["request_throughput"] if m == "request_throughput" else LIMITS[m.rsplit("_", 1)[1]]
+            a, b = measured[m], sim[m]
+            err = b / a - 1 if a else float("nan")
+            rows.append({"run_id": meta["id"], "check": "calibrated_model", "metric": m, "measured": a, "simulated": b,
+                         "rel_err": err, "limit": limit, "pass": bool(abs(err) <= limit)})
+    df = pd.DataFrame(rows)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(target_dir / "validation.csv", index=False)
+    return {"checks": len(df), "failed": int((~df["pass"]).sum()) if len(df) else 0}
+
+
+def _same(a, b) -> bool:
+    try:
+        if math.isnan(float(a)) and math.isnan(float(b)):
+            return True
+    except (TypeError, ValueError):
+        pass
+    return a == b
+
+
+# ---------------------------------------------------------------- driver
+def aggregate(target_dir: Path) -> Path | None:
+    frames = [pd.read_csv(f) for f in sorted(target_dir.glob("runs/*/summary.csv"))]
+    if not frames:
+        return None
+    out = target_dir / "summary.csv"
+    pd.concat(frames, ignore_index=True).to_csv(out, index=False)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m serving.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("configs", nargs="+")
+    ap.add_argument("--out", required=True, help="output root; each config writes DIR/<config name>/")
+    ap.add_argument("--smoke", action="store_true", help="apply each config's smoke: section (tiny model, CPU)")
+    ap.add_argument("--stage", choices=("gpu", "cpu", "all"), default="all")
+    ap.add_argument("--device", default=None, help="override the runs' device (cuda, cuda:1, cpu)")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="start no new run after this many seconds (rerun the command to resume)")
+    ap.add_argument("--only", default=None, help="run only ids containing this substring")
+    ap.add_argument("--force", action="store_true", help="rerun runs that are already done")
+    args = ap.parse_args(argv)
+
+    t_start = time.time()
+    root = Path(args.out)
+    store = _EngineCache()
+    prov_cache: dict = {}
+    failed, left, unavailable = [], [], []
+    for cfg_path in args.configs:
+        doc = load_config(cfg_path, args.smoke)
+        target_dir = root / doc["name"]
+        for run in expand_runs(doc):
+            kind = run["kind"]
+            if kind not in GPU_KINDS + CPU_KINDS:
+                raise ValueError(f"{run['id']}: unknown kind {kind!r}")
+            stage = "gpu" if kind in GPU_KINDS else "cpu"
+            if args.stage not in ("all", stage) or (args.only and args.only not in run["id"]):
+                continue
+            run_dir = target_dir / "runs" / run["id"]
+            if kind not in ("calibrate", "validate") and (run_dir / "done.json").exists() and not args.force:
+                print(f"[skip] {doc['name']}/{run['id']} (done)")
+                continue
+            if args.time_budget is not None and time.time() - t_start > args.time_budget:
+                left.append(f"{doc['name']}/{run['id']}")
+                continue
+            device = args.device or run.get("device", "cuda" if stage == "gpu" else "cpu")
+            if stage == "cpu":
+                device = "cpu"
+            if device not in prov_cache:
+                prov_cache[device] = _provenance(device)
+            prov = prov_cache[device]
+            t0 = time.time()
+            print(f"[run ] {doc['name']}/{run['id']} ({kind}, {device})", flush=True)
+            try:
+                if kind == "check":
+                    s = run_check(run, run_dir, prov, device)
+                elif kind == "window":
+                    s = run_window(run, run_dir, prov, store, device)
+                elif kind == "online":
+                    s = run_online(run, run_dir, prov, store, device, root)
+                elif kind == "breakdown":
+                    s = run_breakdown(run, run_dir, prov, store, device)
+                elif kind == "calibrate":
+                    s = run_calibrate(run, target_dir, root)
+                elif kind == "simulate":
+                    s = run_simulate(run, run_dir, prov, root)
+                else:
+                    s = run_validate(run, target_dir, root)
+            except Exception as e:  # one failed configuration must not stop the others
+                from .backends import BackendUnavailable
+
+                if isinstance(e, BackendUnavailable):   # e.g. no flashinfer here: said, not an error
+                    print(f"[n/a ] {doc['name']}/{run['id']}: {e}", flush=True)
+                    unavailable.append(f"{doc['name']}/{run['id']}")
+                    continue
+                traceback.print_exc()
+                failed.append(f"{doc['name']}/{run['id']}: {type(e).__name__}: {e}")
+                continue
+            brief = {k: s[k] for k in list(s)[:6]}
+            print(f"[done] {doc['name']}/{run['id']} in {time.time() - t0:.1f}s {brief}", flush=True)
+        aggregate(target_dir)
+    if left:
+        print(f"[left] time budget reached; {len(left)} runs not started (rerun the same command): "
+              + ", ".join(left[:10]) + (" ..." if len(left) > 10 else ""))
+    if unavailable:
+        print(f"[n/a ] {len(unavailable)} runs need a backend this machine lacks: " + ", ".join(unavailable))
+    if failed:
+        print("[fail] " + "\n[fail] ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

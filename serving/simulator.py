@@ -1,0 +1,152 @@
+"""Discrete-event simulator of the serving engine: the same schedulers, block pool, serving loop
+and metrics, with each iteration's duration taken from a latency source instead of the GPU.
+
+Latency sources:
+  * ``ReplayLatency``: the durations an engine run recorded, iteration by iteration (it checks
+    that the simulated batch is the one the engine ran); the simulator must then reproduce that
+    run's metrics exactly.
+  * ``LatencyModel``: a linear model of iteration time fitted per (model, backend) to iterations
+    measured on the GPU:
+        t = c0 + c_tok * tokens + c_seq * sequences + c_pp * prefill (query, key) pairs
+            + c_pk * prefill keys + c_dk * decode keys [+ c_ov * min(c_pp * pairs, c_dk * decode keys)]
+    The last term (fitted only when it helps, any sign) lets a fused backend's prefill and decode
+    attention overlap: its coefficient comes out negative when they do.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .scheduler import Batch, BlockPool, LoopResult, make_scheduler, serve_loop
+from .trace import RequestSpec
+
+BASE_FEATURES = ["const", "num_tokens", "num_seqs", "prefill_pairs", "prefill_kv", "decode_kv"]
+
+
+def _base_vector(f: dict) -> list[float]:
+    return [1.0, f["num_tokens"], f["num_seqs"], f["prefill_pairs"], f["prefill_kv"], f["decode_kv"]]
+
+
+def _nonneg_lstsq(X: np.ndarray, y: np.ndarray, free: set[int] = frozenset()) -> np.ndarray:
+    """Least squares with every coefficient >= 0 except those in ``free`` (small active-set loop:
+    drop the most negative constrained coefficient and refit)."""
+    active = list(range(X.shape[1]))
+    # scale columns so that the solve is well conditioned
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-30)
+    while True:
+        c = np.zeros(X.shape[1])
+        if active:
+            sol, *_ = np.linalg.lstsq(X[:, active] / scale[active], y, rcond=None)
+            c[active] = sol / scale[active]
+        neg = [(c[i], i) for i in active if i not in free and c[i] < 0]
+        if not neg:
+            return c
+        active.remove(min(neg)[1])
+
+
+@dataclass
+class LatencyModel:
+    """Iteration latency (seconds) as a function of a batch's features."""
+
+    coef: dict
+    overlap_scale: tuple = (0.0, 0.0)   # (c_pp, c_dk) used inside the overlap term
+    stats: dict = field(default_factory=dict)
+
+    def predict_features(self, f: dict) -> float:
+        x = dict(zip(BASE_FEATURES, _base_vector(f)))
+        t = sum(self.coef.get(k, 0.0) * v for k, v in x.items())
+        if self.coef.get("overlap"):
+            a, b = self.overlap_scale
+            t += self.coef["overlap"] * min(a * f["prefill_pairs"], b * f["decode_kv"])
+        return max(t, 0.0)
+
+    def __call__(self, batch: Batch, index: int) -> float:
+        return self.predict_features(batch.features())
+
+    @classmethod
+    def fit(cls, rows: list[dict], overlap: bool = True) -> "LatencyModel":
+        """Fit to iteration rows (features + ``duration``); ``overlap`` adds the overlap term when
+        the batches hold both prefill and decode work."""
+        if len(rows) < len(BASE_FEATURES):
+            raise ValueError(f"need at least {len(BASE_FEATURES)} iterations to fit, got {len(rows)}")
+        X = np.array([_base_vector(r) for r in rows], dtype=float)
+        y = np.array([float(r["duration"]) for r in rows])
+        c = _nonneg_lstsq(X, y)
+        coef = dict(zip(BASE_FEATURES, map(float, c)))
+        scale = (coef["prefill_pairs"], coef["decode_kv"])
+        model = cls(coef, scale)
+        if overlap and scale[0] > 0 and scale[1] > 0 and any(r["prefill_pairs"] and r["decode_kv"] for r in rows):
+            ov = np.array([min(scale[0] * r["prefill_pairs"], scale[1] * r["decode_kv"]) for r in rows])
+            X2 = np.column_stack([X, ov])
+            c2 = _nonneg_lstsq(X2, y, free={X2.shape[1] - 1})
+            cand = cls({**dict(zip(BASE_FEATURES, map(float, c2[:-1]))), "overlap": float(c2[-1])}, scale)
+            if cand._sse(rows) < model._sse(rows):
+                model = cand
+        model.stats = model.evaluate(rows)
+        return model
+
+    def _sse(self, rows) -> float:
+        return float(sum((self.predict_features(r) - float(r["duration"])) ** 2 for r in rows))
+
+    def evaluate(self, rows: list[dict]) -> dict:
+        """Fit quality on ``rows``: n, mean absolute percentage error, max error, total-time error."""
+        pred = np.array([self.predict_features(r) for r in rows])
+        y = np.array([float(r["duration"]) for r in rows])
+        err = (pred - y) / y
+        return {"n": int(len(rows)), "mape": float(np.mean(np.abs(err))), "max_abs_rel_err": float(np.max(np.abs(err))),
+                "total_rel_err": float(pred.sum() / y.sum() - 1.0)}
+
+    def to_dict(self) -> dict:
+        return {"coef": self.coef, "overlap_scale": list(self.overlap_scale), "stats": self.stats}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatencyModel":
+        return cls(dict(d["coef"]), tuple(d.get("overlap_scale", (0.0, 0.0))), dict(d.get("stats", {})))
+
+
+class ReplayLatency:
+    """The durations of a recorded run, in order; raises if the simulated batch differs."""
+
+    KEYS = ("num_tokens", "num_decodes", "prefill_tokens", "prefill_kv", "decode_kv")
+
+    def __init__(self, iterations: list[dict]):
+        self.iterations = iterations
+
+    def __call__(self, batch: Batch, index: int) -> float:
+        if index >= len(self.iterations):
+            raise IndexError(f"replay has {len(self.iterations)} iterations, the simulation needs more")
+        rec, f = self.iterations[index], batch.features()
+        for k in self.KEYS:
+            if int(rec[k]) != int(f[k]):
+                raise AssertionError(f"iteration {index}: simulated {k}={f[k]} but the engine ran {rec[k]}")
+        return float(rec["duration"])
+
+
+def simulate(specs: list[RequestSpec], scheduler_cfg: dict, num_blocks: int, block_size: int,
+             latency, max_iterations: int | None = None) -> LoopResult:
+    """Run ``specs`` through the scheduler with iteration times from ``latency``."""
+    pool = BlockPool(num_blocks, block_size)
+    sched = make_scheduler(scheduler_cfg, pool)
+    return serve_loop(specs, sched, latency, max_iterations=max_iterations)
+
+
+def capacity_qps(specs: list[RequestSpec], scheduler_cfg: dict, num_blocks: int, block_size: int,
+                 latency, cap_factor: float = 3.0) -> float:
+    """Nominal QPS (before the gap cap) whose offered rate equals the offline request throughput
+    of ``specs`` (all arriving at 0): the load at which the system is exactly saturated."""
+    offline = [RequestSpec(s.rid, s.prompt_len, s.output_len, 0.0) for s in specs]
+    res = simulate(offline, scheduler_cfg, num_blocks, block_size, latency)
+    rps = len(offline) / res.clock
+    return rps * (1.0 - math.exp(-cap_factor))
+
+
+def save_models(path: str | Path, models: dict) -> None:
+    Path(path).write_text(json.dumps(models, indent=1, sort_keys=True))
+
+
+def load_models(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

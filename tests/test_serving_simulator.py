@@ -1,0 +1,73 @@
+"""The simulator: latency-model fit, replay of recorded durations, capacity."""
+import math
+import random
+
+import pytest
+
+from serving.metrics import summarize
+from serving.scheduler import Batch, Request, Work
+from serving.simulator import LatencyModel, ReplayLatency, capacity_qps, simulate
+from serving.trace import RequestSpec, make_requests, poisson_arrivals
+
+SARATHI = {"name": "sarathi", "chunk_size": 512, "max_batch_size": 64}
+
+
+def _truth(f):
+    """A made-up 'GPU': linear parts plus overlapping prefill and decode attention."""
+    pa, da = 2e-9 * f["prefill_pairs"], 4e-8 * f["decode_kv"]
+    return 3e-3 + 2e-5 * f["num_tokens"] + 1e-5 * f["num_seqs"] + pa + da - 0.5 * min(pa, da)
+
+
+def _batch(p_q, p_start, decodes):
+    pre = [Work(Request(RequestSpec(0, p_start + p_q, 2)), p_start, p_q, True, False)] if p_q else []
+    dec = [Work(Request(RequestSpec(i + 1, kv, 2)), kv - 1, 1, False, True) for i, kv in enumerate(decodes)]
+    return Batch(pre, dec)
+
+
+def test_fit_recovers_a_linear_model_with_overlap():
+    rng = random.Random(0)
+    rows = []
+    for _ in range(300):
+        b = _batch(rng.choice([0, 256, 512]), rng.randrange(0, 16000, 512),
+                   [rng.randrange(1000, 16000) for _ in range(rng.randrange(0, 60))])
+        if b.empty:
+            continue
+        f = b.features()
+        rows.append({**f, "duration": _truth(f)})
+    m = LatencyModel.fit(rows)
+    assert m.stats["mape"] < 0.02
+    assert m.coef.get("overlap", 0) < 0          # it found the overlap
+    assert LatencyModel.from_dict(m.to_dict()).predict_features(rows[0]) == pytest.approx(m.predict_features(rows[0]))
+    m_no = LatencyModel.fit(rows, overlap=False)
+    assert m_no.stats["mape"] > m.stats["mape"]
+
+
+def test_replay_reproduces_a_run_exactly_and_detects_divergence():
+    specs = make_requests([(900 + 37 * i, 5 + i % 13) for i in range(20)], poisson_arrivals(20, 3.0))
+    rng = random.Random(1)
+    durs = {}
+
+    def noisy(b, i):
+        durs[i] = 0.01 + 1e-5 * b.num_tokens + rng.random() * 0.02
+        return durs[i]
+
+    ref = simulate(specs, SARATHI, 500, 16, noisy)
+    rep = simulate(specs, SARATHI, 500, 16, ReplayLatency(ref.iterations))
+    assert summarize(rep.requests) == summarize(ref.requests)
+    assert [r.token_times for r in rep.requests] == [r.token_times for r in ref.requests]
+    bad = [dict(it) for it in ref.iterations]
+    bad[3]["num_decodes"] += 1
+    with pytest.raises(AssertionError, match="iteration 3"):
+        simulate(specs, SARATHI, 500, 16, ReplayLatency(bad))
+
+
+def test_capacity_is_the_saturating_load():
+    lengths = [(2000, 100)] * 40
+    lat = lambda b, i: 0.02 + 2e-5 * b.num_tokens
+    q = capacity_qps(make_requests(lengths), SARATHI, 2000, 16, lat)
+    offline = simulate(make_requests(lengths), SARATHI, 2000, 16, lat)
+    assert q == pytest.approx(40 / offline.clock * (1 - math.exp(-3)))
+    # well below capacity the queue stays short; well above it TTFT grows with the request index
+    low = summarize(simulate(make_requests(lengths, poisson_arrivals(40, 0.3 * q)), SARATHI, 2000, 16, lat).requests)
+    high = summarize(simulate(make_requests(lengths, poisson_arrivals(40, 3 * q)), SARATHI, 2000, 16, lat).requests)
+    assert high["ttft_p50"] > 3 * low["ttft_p50"]
