@@ -43,7 +43,8 @@ def test_one_line_per_cta_and_resume(tmp_path):
 
 
 def test_timeline_section_errors_name_the_field(tmp_path):
-    yaml = tmp_path / "bad.yaml"
+    yaml = tmp_path / "bad" / "pod_timeline.yaml"   # the loader wants the file named after the experiment
+    yaml.parent.mkdir()
     text = (ROOT / "experiments" / "pod_timeline.yaml").read_text()
     yaml.write_text(text.replace("methods: [OURS_CTA, POD, POD_resident, POD_progress]",
                                  "methods: [OURS_CTA, POD_typo]"))
