@@ -127,11 +127,12 @@ class Reference(AttentionBackend):
         super().__init__(cfg, cache, **options)
         self._impl = "kernels.reference.reference_attention (float32)"
 
-    def forward(self, li, q, meta, timer=None):
+    def forward(self, li, q, meta, timer=None, out_dtype=None):
+        """``out_dtype`` (default q's): float32 keeps the reference unrounded (the backend check)."""
         from kernels.reference import reference_attention
 
         fk, fv = self.cache.flat(li)
-        out = torch.empty_like(q)
+        out = torch.empty_like(q, dtype=out_dtype or q.dtype)
         seqs = [(off, n, base, kv) for off, n, base, kv in meta.prefills]
         off = meta.prefill_tokens
         seqs += [(off + i, 1, b, kv) for i, (b, kv) in enumerate(zip(meta.decode_base, meta.decode_kv))]
@@ -139,7 +140,7 @@ class Reference(AttentionBackend):
         for o, n, base, kv in seqs:
             r = reference_attention(q[None, o:o + n], fk[None, base:base + kv], fv[None, base:base + kv], [kv],
                                     causal=True, sm_scale=self.scale)
-            out[o:o + n] = r[0].to(q.dtype)
+            out[o:o + n] = r[0].to(out.dtype)
         _mark(timer, "attention:end")
         return out
 
@@ -234,7 +235,9 @@ class FASerial(AttentionBackend):
 
 
 # ---------------------------------------------------------------- FlashInfer
-_WORKSPACE_BYTES = 128 * 2 ** 20  # per wrapper, the size FlashInfer's examples use
+# FlashInfer's split-KV scratch grows with the batch: 128 MB overflowed on Yi-6B's Sarathi batches
+# (batch_prefill_tmp_v asked for 138 MB on the H200); 512 MB leaves room for every figure-12 batch.
+_WORKSPACE_BYTES = 512 * 1024 * 1024
 
 
 @functools.cache

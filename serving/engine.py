@@ -79,6 +79,9 @@ class Engine:
         self.last_logits: torch.Tensor | None = None
         self.keep_logits = False
         self.logits_log: list = []
+        # teacher forcing (the backend check): {rid: token ids} fed back instead of the argmax, so
+        # that the iterations of two backends see the same inputs and one greedy flip cannot cascade
+        self.forced_tokens: dict | None = None
 
     # ------------------------------------------------------------ iteration inputs
     def prompt_ids(self, rid: int, start: int, n: int) -> np.ndarray:
@@ -138,6 +141,8 @@ class Engine:
             self.logits_log.append(logits.float().cpu())
         samplers = [w for w in batch.works if w.samples]
         for w, tok in zip(samplers, tokens):
+            if self.forced_tokens is not None:
+                tok = self.forced_tokens[w.req.rid][len(w.req.tokens)]
             w.req.tokens.append(int(tok))
 
     # ------------------------------------------------------------ runs

@@ -115,3 +115,20 @@ def test_time_budget_leaves_runs_for_the_next_call(tmp_path, capsys):
     assert main([str(cfg), "--out", str(tmp_path / "o"), "--stage", "gpu", "--time-budget", "0"]) == 0
     assert "not started" in capsys.readouterr().out
     assert not (tmp_path / "o" / "mini" / "runs").exists()
+
+
+def test_run_tags_fill_but_never_overwrite_a_tables_columns(tmp_path):
+    """check.csv has one row per backend: the run's (absent) backend tag must not blank it (the
+    figure-12 GPU check came back with an empty backend column); a breakdown table has no
+    backend column and takes the run's."""
+    from serving.run import _write_run
+
+    check = pd.DataFrame([{"backend": "FA_Serial", "ok": True}, {"backend": "POD", "ok": False}])
+    _write_run(tmp_path / "c", {"id": "c", "kind": "check", "model": "tiny"}, {"gpu_name": "g"}, {"backends": 2},
+               extra_csv=("check.csv", check))
+    out = pd.read_csv(tmp_path / "c" / "check.csv")
+    assert out["backend"].tolist() == ["FA_Serial", "POD"] and out["kind"].tolist() == ["check"] * 2
+    assert out["gpu_name"].tolist() == ["g"] * 2
+    _write_run(tmp_path / "b", {"id": "b", "kind": "breakdown", "backend": "POD"}, {}, {"contexts": 1},
+               extra_csv=("breakdown.csv", pd.DataFrame([{"context": 1024, "total_s": 0.1}])))
+    assert pd.read_csv(tmp_path / "b" / "breakdown.csv")["backend"].tolist() == ["POD"]

@@ -70,7 +70,7 @@ if not SHIPPED:
             flags=SERVING_FLAGS,
             root=lambda wildcards, output: str(Path(output[0]).parent.parent),
         resources:
-            gpu=1,
+            gpu=GPU_JOB,
         conda:
             "../envs/harness.yaml"
         shell:
