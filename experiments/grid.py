@@ -6,28 +6,16 @@ KV) and moves through its chunks with ``batch.with_prefill``.
 """
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jsonschema
-import yaml
-
-from kernels.workload import BatchSpec, ModelShape, dtype_of
+from experiments.spec import (GRID_DEFAULTS, MEMORY_FILL_DEFAULTS, MODELS_PATH, SCHEMA_PATH,  # noqa: F401
+                              TIMING_DEFAULTS, ExperimentError, grid_with_defaults, model_catalogue, read_document)
+from kernels import shapes
+from kernels.shapes import BatchSpec, ModelShape
 
 HERE = Path(__file__).resolve().parent
-SCHEMA_PATH = HERE / "schema" / "experiment.schema.yaml"
-MODELS_PATH = HERE / "models.yaml"
-
-TIMING_DEFAULTS = {"warmup": 1, "repeats": 3, "calls": 5, "l2_flush": False, "cuda_graph": False}
-GRID_DEFAULTS = {"chunk_index": "all", "skip_context_below_chunk": True, "page_size": 16}
-MEMORY_FILL_DEFAULTS = {"memory_fraction": 0.9}
-_MERGED_KEYS = ("grid", "timing", "filter")  # smoke merges these field by field; others replace
-
-
-class ExperimentError(ValueError):
-    """Bad experiment input (YAML, schema, model names, shard spec); message names file and field."""
 
 
 @dataclass(frozen=True)
@@ -76,20 +64,6 @@ class Row:
 
 # ----------------------------------------------------------------------------- models
 
-def _load_yaml(path) -> object:
-    try:
-        with open(path) as f:
-            return yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ExperimentError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ExperimentError(f"{path}: invalid YAML: {e}") from None
-
-
-def model_catalogue() -> dict:
-    return _load_yaml(MODELS_PATH) or {}
-
-
 def _shape(name, q, kv, d, layers, params_gb, tp, where) -> ModelShape:
     if q % tp or kv % tp:
         raise ExperimentError(f"{where}: model {name}: tp={tp} does not divide q_heads={q} and kv_heads={kv}")
@@ -124,74 +98,13 @@ def resolve_model(model, where: str = "model") -> ModelShape:
 
 # ----------------------------------------------------------------------------- loading
 
-def _field_path(path) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def _leaf_errors(err):
-    """The most specific error under a oneOf/anyOf failure (its own message is vague): ignore the
-    branches whose type does not even match, then take the deepest remaining error."""
-    if not err.context:
-        return [err]
-    wrong_branch = {"type", "const", "enum"}
-    fitting = [e for e in err.context if not (e.validator in wrong_branch and not e.relative_path)]
-    if fitting:
-        best = max(fitting, key=lambda e: len(e.relative_path))
-    else:
-        best = jsonschema.exceptions.best_match(err.context)
-    return _leaf_errors(best) if best is not None else [err]
-
-
-def _validate(doc, path, schema):
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        msgs = []
-        for e in errors:
-            for leaf in _leaf_errors(e):
-                msg = f"{path}: {_field_path(leaf.absolute_path)}: {leaf.message}"
-                if msg not in msgs:
-                    msgs.append(msg)
-        raise ExperimentError("\n".join(msgs))
-
-
-def _merge_smoke(doc: dict) -> dict:
-    out = {k: v for k, v in doc.items() if k != "smoke"}
-    for k, v in (doc.get("smoke") or {}).items():
-        if k in _MERGED_KEYS and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def load_experiment(path, smoke: bool = False, check_methods: bool = True) -> Experiment:
     """Read and validate an experiment YAML (with its ``smoke`` overrides when ``smoke``).
     ``check_methods`` also checks every name it uses (registered methods, baseline, filter parts,
     plot module), as the build and the runner do before any GPU work."""
     path = str(path)
-    doc = _load_yaml(path)
-    if not isinstance(doc, dict):
-        raise ExperimentError(f"{path}: top level must be a mapping, got {type(doc).__name__}")
-    schema = _load_yaml(SCHEMA_PATH)
-    _validate(doc, path, schema)
-    stem = Path(path).stem
-    if doc["name"] != stem:
-        raise ExperimentError(f"{path}: name: {doc['name']!r} must equal the file name {stem!r} (targets, raw "
-                              f"folders and tables are named after the file)")
-    if smoke:
-        if not doc.get("smoke"):
-            raise ExperimentError(f"{path}: smoke: section missing; a smoke run (CPU, Triton interpreter) needs "
-                                  f"tiny shapes: add a smoke: section (see experiments/figure11.yaml)")
-        doc = _merge_smoke(doc)
-        where = f"{path} (with smoke overrides)"
-        _validate(doc, where, schema)
-    else:
-        doc = {k: v for k, v in doc.items() if k != "smoke"}
-        where = path
+    doc = read_document(path, smoke=smoke)
+    where = f"{path} (with smoke overrides)" if smoke else path
 
     dt = doc.get("dtype", "float16")
     dtypes = [dt] if isinstance(dt, str) else list(dt)
@@ -208,11 +121,7 @@ def load_experiment(path, smoke: bool = False, check_methods: bool = True) -> Ex
         methods.append(ms)
     if check_methods:
         _check_methods(doc, methods, where)
-    grid = None
-    if "grid" in doc:
-        grid = {**GRID_DEFAULTS, **doc["grid"]}
-        if isinstance(grid["decode_batch"], dict) and "memory_fill" in grid["decode_batch"]:
-            grid["decode_batch"] = {"memory_fill": {**MEMORY_FILL_DEFAULTS, **grid["decode_batch"]["memory_fill"]}}
+    grid = grid_with_defaults(doc["grid"]) if "grid" in doc else None
     return Experiment(name=doc["name"], path=path, description=doc.get("description", ""),
                       plot=doc.get("plot", "generic"), baseline=doc.get("baseline", ""), dtypes=dtypes,
                       models=models, grid=grid, configs=list(doc.get("configs", [])), methods=methods,
@@ -250,8 +159,7 @@ def _check_methods(doc: dict, methods: list, where: str) -> None:
 # ----------------------------------------------------------------------------- expansion
 
 def dtype_bytes(dtype: str) -> int:
-    import torch
-    return torch.empty((), dtype=dtype_of(dtype)).element_size()
+    return shapes.dtype_bytes(dtype)
 
 
 def memory_fill_batches(model: ModelShape, dtype: str, context: int, fractions, memory_fraction: float,

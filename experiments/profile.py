@@ -136,13 +136,6 @@ def child(experiment: str, row_key: str, label: str, result_path: str) -> int:
 
 # ----------------------------------------------------------------------------- parent
 
-def _done(path) -> set:
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return set()
-    with open(path, newline="") as f:
-        return {(r["row_key"], r["method"]) for r in csv.DictReader(f)}
-
-
 def profile_experiment(experiment: str, out: str, methods=None, ncu: str | None = None,
                        progress: bool = True) -> dict:
     """Profile every (row, method) the experiment's ``profile:`` asks for into ``out``; returns
@@ -153,7 +146,7 @@ def profile_experiment(experiment: str, out: str, methods=None, ncu: str | None 
     from experiments import grid as G
     from experiments.provenance import COLUMNS as PROV
     from experiments.provenance import provenance, stamp
-    from experiments.run import WORKLOAD_COLUMNS
+    from experiments.sweep import WORKLOAD_COLUMNS, ResumableCSV, count
 
     exp = G.load_experiment(experiment)
     spec = exp.raw.get("profile")
@@ -195,33 +188,29 @@ def profile_experiment(experiment: str, out: str, methods=None, ncu: str | None 
             return str(e)
         return ""
 
-    header = COLUMNS_HEAD + WORKLOAD_COLUMNS + PROV
-    done = _done(out)
-    new_file = not os.path.exists(out) or os.path.getsize(out) == 0
+    # a (row, method) has one line per metric; a kill mid-write leaves at most a partial last line
+    sink = ResumableCSV(out, COLUMNS_HEAD + WORKLOAD_COLUMNS + PROV, lines="many", lineterminator="\r\n")
+    done = sink.done()
+    sink.write_header()
     counts: dict = {}
     todo = [(r, lab) for r in rows for lab in labels if (r.row_key, lab) not in done]
-    with open(out, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        if new_file:
-            writer.writeheader()
-        for row, lab in tqdm(todo, file=sys.stderr, disable=not progress, unit="call", desc=f"ncu {exp.name}"):
-            base = {"experiment": exp.name, **row.fields(), "method": lab, **stamp(prov)}
-            missing = lacks_part(row, lab)
-            if missing:
-                status, reason, values, kernels = "unavailable", missing, {}, 0
-            elif ncu_path is None:
-                status, reason, values, kernels = ("unavailable", "Nsight Compute (ncu) not found: install it "
-                                                   "(part of the CUDA toolkit) or pass --ncu PATH", {}, 0)
-            else:
-                status, reason, values, kernels = _profile_one(ncu_path, experiment, row.row_key, lab, metrics)
-            if status == "ok":
-                lines = [{**base, "metric": k, "value": v, "kernels": kernels, "status": "ok", "reason": note}
-                         for k, v in values.items()]
-            else:
-                lines = [{**base, "metric": "", "value": "", "kernels": kernels, "status": status, "reason": reason}]
-            writer.writerows(lines)
-            f.flush()
-            counts[status] = counts.get(status, 0) + 1
+    for row, lab in tqdm(todo, file=sys.stderr, disable=not progress, unit="call", desc=f"ncu {exp.name}"):
+        base = {"experiment": exp.name, **row.fields(), "method": lab, **stamp(prov)}
+        missing = lacks_part(row, lab)
+        if missing:
+            status, reason, values, kernels = "unavailable", missing, {}, 0
+        elif ncu_path is None:
+            status, reason, values, kernels = ("unavailable", "Nsight Compute (ncu) not found: install it "
+                                               "(part of the CUDA toolkit) or pass --ncu PATH", {}, 0)
+        else:
+            status, reason, values, kernels = _profile_one(ncu_path, experiment, row.row_key, lab, metrics)
+        if status == "ok":
+            lines = [{**base, "metric": k, "value": v, "kernels": kernels, "status": "ok", "reason": note}
+                     for k, v in values.items()]
+        else:
+            lines = [{**base, "metric": "", "value": "", "kernels": kernels, "status": status, "reason": reason}]
+        sink.append(lines)
+        count(counts, status)
     return counts
 
 
@@ -268,20 +257,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return child(args.experiment, args.row_key, args.method, args.result)
-    from experiments.grid import ExperimentError
+    from experiments.sweep import labels_arg, report
 
     if not args.out:
         print("error: --out CSV is required", file=sys.stderr)
         return 2
-    try:
-        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-        counts = profile_experiment(args.experiment, args.out, methods, args.ncu, not args.no_progress)
-    except ExperimentError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.out}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing new"),
-          file=sys.stderr)
-    return 0
+    return report(args.out, lambda: profile_experiment(args.experiment, args.out, labels_arg(args.methods), args.ncu,
+                                                       not args.no_progress))
 
 
 if __name__ == "__main__":

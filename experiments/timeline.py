@@ -17,83 +17,12 @@ complete launches and traces the rest again.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import os
 import sys
-import zlib
 
 # launch_lines: how many lines the (row, method) launch wrote, on each of them, so that a resume can
 # tell a launch cut short by a kill from a complete one
 COLUMNS_HEAD = ["experiment", "row_key", "method", "status", "reason", "impl", "pid", "op", "cta", "sm",
                 "start_us", "end_us", "launch_lines"]
-
-
-def _gz(path: str) -> bool:
-    return path.removesuffix(".partial").endswith(".gz")
-
-
-def _open(path: str, mode: str, gz: bool | None = None):
-    if _gz(path) if gz is None else gz:
-        return gzip.open(path, mode + "t", newline="")
-    return open(path, mode, newline="")
-
-
-def _read_salvage(path: str) -> tuple[list, list, bool]:
-    """(header, records, damaged) of ``path``: the records readable before any truncation (a gzip
-    stream without its end, a last line cut short); damaged says whether anything was cut."""
-    header, records, damaged = [], [], False
-    try:
-        with _open(path, "r") as f:
-            reader = csv.DictReader(f)
-            for rec in reader:
-                if None in rec.values() or None in rec:  # a line with too few or too many fields
-                    damaged = True
-                    break
-                records.append(rec)
-            header = list(reader.fieldnames or [])
-    except (EOFError, OSError, zlib.error, csv.Error):
-        damaged = True
-    return header, records, damaged
-
-
-def _complete_launches(records: list) -> list:
-    """The records of launches that wrote all their lines, in file order. Files written before
-    launch_lines existed count a launch complete unless it is the last one of a damaged file."""
-    groups: dict = {}
-    for rec in records:
-        groups.setdefault((rec["row_key"], rec["method"]), []).append(rec)
-    kept = []
-    for recs in groups.values():
-        want = recs[0].get("launch_lines") or ""
-        if want == "" or len(recs) == int(want):
-            kept.extend(recs)
-    return kept
-
-
-def _prepare_resume(path: str, header: list) -> set:
-    """(row_key, method) launches already complete in ``path``. A file cut short by a kill (or
-    written with another header) is rewritten with its complete launches only, so a resume neither
-    duplicates a launch nor keeps half of one."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return set()
-    old_header, records, damaged = _read_salvage(path)
-    kept = _complete_launches(records)
-    if damaged and records and not (records[-1].get("launch_lines") or ""):
-        # old-format file: its last launch may be partial, and nothing on the lines says so
-        last = (records[-1]["row_key"], records[-1]["method"])
-        kept = [r for r in kept if (r["row_key"], r["method"]) != last]
-    if damaged or len(kept) != len(records) or old_header != header:
-        tmp = path + ".salvage"
-        with _open(tmp, "w", gz=_gz(path)) as f:
-            writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, path)
-        if len(kept) != len(records) or damaged:
-            print(f"{path}: kept {len(kept)} lines of complete launches, dropped {len(records) - len(kept)} "
-                  f"of a launch cut short{' (file truncated)' if damaged else ''}", file=sys.stderr)
-    return {(r["row_key"], r["method"]) for r in kept}
 
 
 def trace_rows(trace) -> list:
@@ -108,7 +37,7 @@ def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = F
                         warmup: int = 2, progress: bool = True) -> dict:
     """Trace every (row, method) the experiment's ``timeline:`` asks for into ``out``; returns
     counts per status written now."""
-    from experiments.run import configure_device_env, resolve_device
+    from experiments.sweep import configure_device_env, resolve_device
     device = resolve_device(device)
     configure_device_env(device)
     import torch
@@ -117,7 +46,7 @@ def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = F
     from experiments import grid as G
     from experiments.provenance import COLUMNS as PROV
     from experiments.provenance import provenance, stamp
-    from experiments.run import _create_methods, _error_text, _one_line, _seed
+    from experiments.sweep import ResumableCSV, count, create_methods, error_text, one_line, seed
     from kernels.reference import check_outputs, reference_outputs
     from kernels.registry import MethodUnavailable
     from kernels.workload import HybridBatch
@@ -138,56 +67,53 @@ def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = F
         props = torch.cuda.get_device_properties(dev)
         mem, sms = float(props.total_memory), props.multi_processor_count
     rows = G.expand(exp, mem, sms)
-    insts = _create_methods(exp, labels, dev)
+    insts = create_methods(exp, labels, dev)
     for lab in labels:
         inst = insts[lab][1]
         if inst is not None and not hasattr(inst, "cta_timeline"):
             raise G.ExperimentError(f"{experiment}: timeline.methods: {lab} ({inst.name}) has no CTA trace; "
                                     "use one-launch methods of our Triton family (POD, OURS_CTA)")
     prov = provenance(dev)
-    header = COLUMNS_HEAD + PROV  # the row_key names the batch
-    done = _prepare_resume(out, header)
-    new_file = not os.path.exists(out) or os.path.getsize(out) == 0
+    # the row_key names the batch; a launch cut short by a kill has fewer lines than its launch_lines
+    sink = ResumableCSV(out, COLUMNS_HEAD + PROV, lines="launch_lines", other_header="rewrite",
+                        lineterminator="\r\n")
+    done = sink.done()
+    sink.write_header()
     counts: dict = {}
     todo = [(r, lab) for r in rows for lab in labels if (r.row_key, lab) not in done]
-    with _open(out, "a") as f:
-        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-        if new_file:
-            writer.writeheader()
-        for row, lab in tqdm(todo, file=sys.stderr, disable=not progress, unit="launch", desc=f"timeline {exp.name}"):
-            base = {"experiment": exp.name, **row.fields(), "method": lab, **stamp(prov)}
-            _, inst, reason = insts[lab]
-            lines = []
-            status, impl = "ok", inst.name if inst is not None else lab
-            if reason is not None:
-                status = "unavailable"
-            else:
-                try:
-                    batch = HybridBatch.allocate(row.spec, device=dev, seed=_seed(row.group_key),
-                                                 prefill_kv_cap=row.prefill_kv_cap)
-                    inst.require_parts(batch)
-                    ref = reference_outputs(batch)
-                    _, trace, outs = inst.cta_timeline(batch, warmup)
-                    impl = str(inst.info().get("impl", inst.name))
-                    chk = check_outputs(outs, ref, row.spec.dtype, inst.checked_parts(batch))
-                    if chk.ok:
-                        lines = [{**base, **line, "status": "ok", "reason": "", "impl": impl}
-                                 for line in trace_rows(trace)]
-                    else:
-                        status, reason = "failed_check", _one_line(chk.reason)
-                except MethodUnavailable as e:
-                    status, reason = "unavailable", _one_line(str(e))
-                except Exception as e:  # noqa: BLE001 - a failure is a result, not a crash
-                    status, reason = "error", _error_text(e)
-                finally:
-                    batch = ref = outs = None
-            if not lines:
-                lines = [{**base, "status": status, "reason": reason, "impl": impl}]
-            for line in lines:
-                line["launch_lines"] = len(lines)
-            writer.writerows(lines)
-            f.flush()
-            counts[status] = counts.get(status, 0) + 1
+    for row, lab in tqdm(todo, file=sys.stderr, disable=not progress, unit="launch", desc=f"timeline {exp.name}"):
+        base = {"experiment": exp.name, **row.fields(), "method": lab, **stamp(prov)}
+        _, inst, reason = insts[lab]
+        lines = []
+        status, impl = "ok", inst.name if inst is not None else lab
+        if reason is not None:
+            status = "unavailable"
+        else:
+            try:
+                batch = HybridBatch.allocate(row.spec, device=dev, seed=seed(row.group_key),
+                                             prefill_kv_cap=row.prefill_kv_cap)
+                inst.require_parts(batch)
+                ref = reference_outputs(batch)
+                _, trace, outs = inst.cta_timeline(batch, warmup)
+                impl = str(inst.info().get("impl", inst.name))
+                chk = check_outputs(outs, ref, row.spec.dtype, inst.checked_parts(batch))
+                if chk.ok:
+                    lines = [{**base, **line, "status": "ok", "reason": "", "impl": impl}
+                             for line in trace_rows(trace)]
+                else:
+                    status, reason = "failed_check", one_line(chk.reason)
+            except MethodUnavailable as e:
+                status, reason = "unavailable", one_line(str(e))
+            except Exception as e:  # noqa: BLE001 - a failure is a result, not a crash
+                status, reason = "error", error_text(e)
+            finally:
+                batch = ref = outs = None
+        if not lines:
+            lines = [{**base, "status": status, "reason": reason, "impl": impl}]
+        for line in lines:
+            line["launch_lines"] = len(lines)
+        sink.append(lines)
+        count(counts, status)
     return counts
 
 
@@ -202,18 +128,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untraced launches before the traced one")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    from experiments.grid import ExperimentError
+    from experiments.sweep import labels_arg, report
 
-    try:
-        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-        counts = timeline_experiment(args.experiment, args.out, methods, args.smoke, args.device, args.warmup,
-                                     not args.no_progress)
-    except ExperimentError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.out}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing new"),
-          file=sys.stderr)
-    return 0
+    return report(args.out, lambda: timeline_experiment(args.experiment, args.out, labels_arg(args.methods), args.smoke,
+                                                        args.device, args.warmup, not args.no_progress))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kernels.catalogue import PLOT_ORDER, plot_order
+
 FONT_SIZE = 13
 
-# Peers first, then our kernels; anything else present goes after these, in table order.
-METHOD_ORDER = ["FA_BackToBack", "FA_Streams", "FI_Serial", "FI_Serial_fa2", "FI_Batched_fa2", "FI_Batched_auto", "FI_POD",
-                "HFuse", "OURS_Serial", "OURS_Streams", "OURS_CTA", "POD"]
+# Peers first, then our kernels; anything else present goes after these, in table order
+# (kernels/catalogue.py, beside the rest of what a method is).
+METHOD_ORDER = list(PLOT_ORDER)
 
 BASELINE_LABELS = {"FA_Serial": "FlashAttention-2 serial"}
 
@@ -15,8 +17,7 @@ BASELINE_LABELS = {"FA_Serial": "FlashAttention-2 serial"}
 def plotted_methods(summary: pd.DataFrame) -> list[str]:
     """Methods to compare against the baseline (not the baseline, not serial parts), with kept rows."""
     rows = summary[(summary["role"] == "method") & (summary["n"] > 0)]
-    present = list(rows["method"])
-    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
+    return plot_order(rows["method"])
 
 
 def machine_line(table: pd.DataFrame) -> str:

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from experiments import grid as G
-    from experiments.run import _create_methods, _run_method, _seed
+    from experiments.sweep import create_methods, run_method, seed
     from kernels.reference import reference_outputs
     from kernels.workload import HybridBatch
 
@@ -80,12 +80,12 @@ def main(argv=None) -> int:
     labels = args.methods.split(",") if args.methods else [m.label for m in exp.methods]
     props = torch.cuda.get_device_properties(dev)
     rows = G.expand(exp, float(props.total_memory), props.multi_processor_count)[:args.rows]
-    insts = _create_methods(exp, labels, dev)
+    insts = create_methods(exp, labels, dev)
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for row in tqdm(rows, unit="row", file=sys.stderr):
-            batch = HybridBatch.allocate(row.spec, device=dev, seed=_seed(row.group_key),
+            batch = HybridBatch.allocate(row.spec, device=dev, seed=seed(row.group_key),
                                          prefill_kv_cap=row.prefill_kv_cap)
             ref = reference_outputs(batch)
             for lab in labels:
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                 if reason is not None:
                     w.writerow({**line, "status": "unavailable", "reason": reason})
                     continue
-                short = _run_method(inst, batch, lambda: ref, dev, dict(warmup=2, repeats=5, calls=5))
+                short = run_method(inst, batch, lambda: ref, dev, dict(warmup=2, repeats=5, calls=5))
                 if short["status"] != "ok":
                     w.writerow({**line, "status": short["status"], "reason": short["reason"]})
                     continue
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
                 smi = subprocess.Popen(["nvidia-smi", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits",
                                         "-lms", "100"], stdout=subprocess.PIPE, text=True)
                 time.sleep(0.05)
-                long = _run_method(inst, batch, lambda: ref, dev, dict(warmup=0, repeats=10, calls=calls))
+                long = run_method(inst, batch, lambda: ref, dev, dict(warmup=0, repeats=10, calls=calls))
                 smi.terminate()
                 samples = parse_samples(smi.communicate()[0].splitlines())
                 w.writerow({**line, "status": long["status"], "reason": long["reason"],

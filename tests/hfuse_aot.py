@@ -7,7 +7,8 @@ def compile_hfuse(hq: int, hkv: int, d: int, dtype: str, ctas_per_sm: int | None
     """PTX and metadata of ``hfuse_kernel`` compiled ahead of time for one (CPU-allocated) batch."""
     import torch
 
-    from kernels.hfuse.launch import HFuseConfig, aot_compile, make_plan, prepare_launch
+    from kernels.hfuse.launch import aot_compile, prepare_launch
+    from kernels.hfuse.plan import HFuseConfig, make_plan
     from kernels.workload import BatchSpec, HybridBatch, ModelShape
 
     spec = BatchSpec(ModelShape(f"t{hq}-{hkv}-{d}", hq, hkv, d), dtype, 77, 300, 5, 333)

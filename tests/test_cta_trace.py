@@ -9,6 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+# the study's YAML (experiments/studies/ since the YAMLs were sorted; experiments/ before)
+POD_TIMELINE = next(p for p in (ROOT / "experiments" / "studies" / "pod_timeline.yaml",
+                                ROOT / "experiments" / "pod_timeline.yaml") if p.exists())
 
 
 def _timeline(yaml, out, *extra):
@@ -19,7 +22,7 @@ def _timeline(yaml, out, *extra):
 
 def test_one_line_per_cta_and_resume(tmp_path):
     out = tmp_path / "ctas.csv.gz"
-    r = _timeline(ROOT / "experiments" / "pod_timeline.yaml", out, "--methods", "OURS_CTA,POD_progress")
+    r = _timeline(POD_TIMELINE, out, "--methods", "OURS_CTA,POD_progress")
     assert r.returncode == 0, r.stderr[-3000:]
     with gzip.open(out, "rt") as f:
         df = pd.read_csv(f)
@@ -33,7 +36,7 @@ def test_one_line_per_cta_and_resume(tmp_path):
     cta = df[df["method"] == "OURS_CTA"]
     assert cta["op"].is_monotonic_increasing
     n = len(df)
-    r = _timeline(ROOT / "experiments" / "pod_timeline.yaml", out)
+    r = _timeline(POD_TIMELINE, out)
     assert r.returncode == 0, r.stderr[-3000:]
     with gzip.open(out, "rt") as f:
         again = pd.read_csv(f)
@@ -45,7 +48,7 @@ def test_one_line_per_cta_and_resume(tmp_path):
 def test_timeline_section_errors_name_the_field(tmp_path):
     yaml = tmp_path / "bad" / "pod_timeline.yaml"   # the loader wants the file named after the experiment
     yaml.parent.mkdir()
-    text = (ROOT / "experiments" / "pod_timeline.yaml").read_text()
+    text = POD_TIMELINE.read_text()
     yaml.write_text(text.replace("methods: [OURS_CTA, POD, POD_resident, POD_progress]",
                                  "methods: [OURS_CTA, POD_typo]"))
     r = _timeline(yaml, tmp_path / "x.csv")
@@ -73,7 +76,7 @@ def _assert_whole_launches(df):
 
 
 def test_resume_after_a_kill_keeps_whole_launches(tmp_path):
-    yaml = ROOT / "experiments" / "pod_timeline.yaml"
+    yaml = POD_TIMELINE
     out = tmp_path / "ctas.csv.gz"
     r = _timeline(yaml, out, "--methods", "OURS_CTA,POD")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -105,7 +108,7 @@ def test_resume_after_a_kill_keeps_whole_launches(tmp_path):
 
 def test_resume_of_a_file_without_launch_lines(tmp_path):
     """Traces written before launch_lines existed: complete launches stay, nothing is traced again."""
-    yaml = ROOT / "experiments" / "pod_timeline.yaml"
+    yaml = POD_TIMELINE
     out = tmp_path / "ctas.csv"
     r = _timeline(yaml, out, "--methods", "OURS_CTA")
     assert r.returncode == 0, r.stderr[-3000:]

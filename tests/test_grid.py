@@ -226,7 +226,7 @@ def test_sm_fill_batches_follow_the_sm_count(tmp_path, monkeypatch):
 def test_every_shipped_experiment_loads():
     import glob
 
-    for path in sorted(glob.glob("experiments/*.yaml")):
+    for path in sorted(glob.glob("experiments/*.yaml") + glob.glob("experiments/studies/*.yaml")):
         if path.endswith("models.yaml"):
             continue
         for smoke in (False, True):

@@ -15,9 +15,9 @@ import subprocess
 import pytest
 import torch
 
-from kernels.hfuse.launch import (HFuseConfig, aot_compile, decode_rows_for, default_tiles, kv_split_range,
-                                  make_plan, prepare_launch, smem_budget)
-from kernels.pod.plan import flash_split_heuristic
+from kernels.common.splitkv import flash_split_heuristic, kv_split_range
+from kernels.hfuse.launch import aot_compile, prepare_launch
+from kernels.hfuse.plan import HFuseConfig, decode_rows_for, default_tiles, make_plan, smem_budget
 from kernels.registry import MethodUnavailable, create, load_all
 from kernels.workload import BatchSpec, HybridBatch, ModelShape
 from tests.clean_process import call_in_clean_process

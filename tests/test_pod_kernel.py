@@ -6,8 +6,9 @@ import torch
 from kernels.adapters.pod_triton import smid_trace
 import math
 
-from kernels.pod.plan import (BINDINGS, DEFAULT_MACHINE_BALANCE, PREFILL_DOMINANCE, PodConfig,
-                              choose_ctas_per_sm, default_tiles, flash_split_heuristic, make_plan, policy_ratio)
+from kernels.common.splitkv import flash_split_heuristic
+from kernels.pod.plan import (BINDINGS, DEFAULT_MACHINE_BALANCE, PREFILL_DOMINANCE, PodConfig, choose_ctas_per_sm,
+                              default_tiles, make_plan, policy_ratio)
 from kernels.registry import create
 from kernels.workload import BatchSpec, HybridBatch, ModelShape
 

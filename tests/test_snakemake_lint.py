@@ -15,6 +15,22 @@ def test_dry_run_all_from_shipped_results():
     assert "rule build" not in result.stdout and "rule sweep_shard" not in result.stdout
 
 
+def test_all_is_the_paper_targets_and_studies_are_their_own_group():
+    """`all`: the paper targets and results/REPORT.md, no study; `studies`: every study and
+    results/STUDIES.md; a study keeps a target of its name, read from experiments/studies/."""
+    result = snakemake(["-n", "-p", "--forceall", "all", "--config", "use_shipped_results=true"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "results/REPORT.md" in result.stdout and "results/figures/figure11.png" in result.stdout
+    assert "pod_knobs" not in result.stdout and "STUDIES.md" not in result.stdout
+    result = snakemake(["-n", "-p", "--forceall", "studies", "--config", "use_shipped_results=true"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "results/STUDIES.md" in result.stdout and "figure11.png" not in result.stdout
+    assert "--experiment experiments/studies/pod_ctas_ds3.yaml" in result.stdout
+    result = snakemake(["-n", "-p", "pod_ctas_ds3", "--config", "shards=1"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "experiments.run experiments/studies/pod_ctas_ds3.yaml" in result.stdout
+
+
 def test_dry_run_gpu_mode_plans_build_and_shards():
     # A dry run never needs the GPU: the GPU check runs only when jobs are about to start.
     result = snakemake(["-n", "figure11", "--config", "shards=3"])
@@ -77,7 +93,7 @@ def test_dry_run_timeline_traced_on_gpu_and_in_smoke_runs():
     result = snakemake(["-n", "-p", "--forceall", "pod_timeline"])
     assert result.returncode == 0, result.stdout + result.stderr
     trace = _shell_line(result.stdout, "experiments.timeline").removeprefix("Shell command: ")
-    assert trace.startswith("python -m experiments.timeline experiments/pod_timeline.yaml "
+    assert trace.startswith("python -m experiments.timeline experiments/studies/pod_timeline.yaml "
                             "--out results-new/raw/pod_timeline/timeline/ctas.csv.gz.partial --device cuda")
     assert trace.endswith("&& mv results-new/raw/pod_timeline/timeline/ctas.csv.gz.partial "
                           "results-new/raw/pod_timeline/timeline/ctas.csv.gz")

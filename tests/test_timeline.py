@@ -8,7 +8,7 @@ import pytest
 
 from analysis.timeline import main as timeline_main
 from analysis.timeline import running_series, summarize
-from experiments.timeline import _open
+from experiments.sweep import open_csv
 from figures.plot import main as plot_main
 
 R1, R2 = "m|float16|p64@128|d2x256|ps16", "m|float16|p32@64|d4x128|ps16"
@@ -124,7 +124,7 @@ def test_all_zero_times_are_flagged_not_divided():
 
 def test_partial_gz_file_is_gzip(tmp_path):
     path = str(tmp_path / "ctas.csv.gz.partial")
-    with _open(path, "w") as f:
+    with open_csv(path, "w") as f:
         f.write("a,b\n1,2\n")
     with gzip.open(path, "rt") as f:
         assert f.read() == "a,b\n1,2\n"

@@ -4,7 +4,7 @@ They read the paged view of a hybrid batch (``k_pool``/``v_pool``, NHD, page siz
 ``spec.page_size``, int32 CSR page tables), except the single-request prefills, which take the
 dense ``k_p``/``v_p`` (the same memory). Wrappers are planned in ``prepare`` (untimed); the callable
 only calls ``run``. FlashInfer JIT-compiles each kernel family with nvcc on first use, which is why
-``python -m kernels.build`` warms them before timing.
+``python -m experiments.build`` warms them before timing.
 """
 from __future__ import annotations
 

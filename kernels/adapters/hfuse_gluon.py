@@ -7,14 +7,15 @@ CTAs). Triton cannot give different warps of a CTA different code, so this is wr
 Gluon, whose ``warp_specialize`` does (default partition = prefill, one worker partition = decode)
 and lowers each partition's barriers to named barriers. Gluon's warp specialisation needs sm_90+.
 
-Options (YAML) are HFuseConfig fields (kernels/hfuse/launch.py): ctas_per_sm (1 default: the
+Options (YAML) are HFuseConfig fields (kernels/hfuse/plan.py): ctas_per_sm (1 default: the
 original's 128x64 prefill tile, one 8-warp CTA per SM; 2: smaller tiles, two CTAs per SM),
 prefill_split / decode_split ('auto' = FlashDecoding heuristic over the SM count, or an int),
 block_m, block_n, decode_n, prefill_stages, decode_stages, decode_regs, maxnreg.
 """
 from __future__ import annotations
 
-from kernels.hfuse.launch import HFuseConfig, make_plan, num_sms, prepare_launch, unavailable_reason
+from kernels.hfuse.launch import num_sms, prepare_launch, unavailable_reason
+from kernels.hfuse.plan import HFuseConfig, make_plan
 from kernels.registry import Method, MethodUnavailable, register
 
 

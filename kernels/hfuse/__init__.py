@@ -1,6 +1,7 @@
 """HFuse-style warp-parallel fused prefill+decode attention, built in Triton's Gluon.
 
 kernel.py: the Gluon kernel (prefill in warps 0-3, decode in warps 4-7 of every CTA, each group on
-its own named barrier); launch.py: tiles, split planning from the SM count, launch and merge.
+its own named barrier); plan.py: tiles and split planning from the SM count (pure Python);
+launch.py: availability, arguments, launch, merge and the ahead-of-time compile.
 """
-from .launch import HFuseConfig, HFusePlan, HFuseTiles, make_plan  # noqa: F401
+from .plan import HFuseConfig, HFusePlan, HFuseTiles, make_plan  # noqa: F401

@@ -20,7 +20,7 @@ start and end. Gluon's warp-specialisation lowering needs sm_90 (Hopper): it alw
 
 The tile logic mirrors kernels/pod/kernel.py: prefill = BM query rows of one head over one KV
 split, causal bottom-right, online softmax in base 2, split partials merged by LSE in a second
-launch (kernels.pod.kernel.merge_kernel); decode = the GQA group's query heads packed into the rows
+launch (kernels.common.merge.merge_kernel); decode = the GQA group's query heads packed into the rows
 of one tile (one query token per request), over one KV split. The matrix products are
 ``mma.sync`` (Gluon's ``mma_v2``, the instructions FA2 uses), operands read from shared memory
 filled by ``cp.async`` through a ring of ``STAGES`` buffers (K and V of one key block per stage).

@@ -1,226 +1,24 @@
-"""Planning and launching of HFuse (kernels/hfuse/kernel.py): tiles per head dimension, split-KV
-counts from the SM count, the fused launch (grid = max of both sides) and the split merge.
-
-Planning is pure Python (tested on the CPU); ``aot_compile`` compiles the kernel of a prepared
-launch for sm_90 without a GPU, specialised as the JIT would (tests read its PTX).
-"""
+"""Launching HFuse (kernels/hfuse/kernel.py): availability, the kernel's arguments by name, the
+fused launch (grid = max of both sides), the split merge and the ahead-of-time compile for sm_90
+without a GPU (tests read its PTX). Planning is in plan.py."""
 from __future__ import annotations
-
-import math
-from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from kernels.pod.plan import flash_split_heuristic
-from kernels.workload import BatchSpec, HybridBatch, dtype_of
+from kernels.common.aot import compile_gluon
+from kernels.common.merge import MergedLaunch, SplitMerge
+from kernels.common.splitkv import LOG2E
+from kernels.workload import BatchSpec, HybridBatch
 
-LOG2E = 1.4426950408889634
-MERGE_ROWS = 16
-PARTITION_WARPS = 4   # prefill warps (default partition) = decode warps (worker partition)
+from .plan import PARTITION_WARPS, HFusePlan, HFuseTiles
+
 MIN_CAPABILITY = (9, 0)  # Gluon's warp_specialize lowering always emits setmaxnreg (sm_90+)
 
-
-@dataclass(frozen=True)
-class HFuseTiles:
-    """Tiles and resources of one HFuse configuration (both sides of the fused CTA)."""
-
-    block_m: int          # prefill query rows per tile
-    block_n: int          # prefill keys per step
-    prefill_stages: int   # K/V ring depth of the prefill side
-    decode_rows: int      # decode tile rows (the GQA group's query heads, padded to >= 16)
-    decode_n: int         # decode keys per step
-    decode_stages: int    # K/V ring depth of the decode side
-    head_chunk: int = 64  # head-dim columns per mma pass of S = Q K^T (one 128-byte swizzle row)
-    ctas_per_sm: int = 1  # fused CTAs (of 8 warps) meant to share an SM
-    decode_regs: int = 0  # registers per decode thread (setmaxnreg); the prefill side gets the rest
-    maxnreg: int = 0      # registers per thread at launch (0: 256, the whole register file)
-
-    def smem_bytes(self, head_dim: int, elem: int = 2) -> int:
-        """Operand shared memory of one fused CTA (both sides), without the compiler's scratch."""
-        p = (self.block_m + 2 * self.prefill_stages * self.block_n) * head_dim * elem
-        d = (self.decode_rows + 2 * self.decode_stages * self.decode_n) * head_dim * elem
-        return p + d
-
-
-def _pow2_at_least(x: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, x))))
-
-
-def decode_rows_for(group_size: int) -> int:
-    """Rows of a decode tile: the GQA group's query heads padded to a power of two, 16 (one mma
-    row block) to 64 (4 warps x 16 rows); larger groups take several tiles."""
-    return max(16, min(_pow2_at_least(group_size), 64))
-
-
-# Shared memory of one CTA on sm_90 (227 KB opt-in per block, 228 KB per SM, 1 KB reserved per
-# CTA), less a margin for the compiler's scratch (layout conversions, reductions; <= 2 KB measured).
-SMEM_PER_BLOCK = 227 * 1024
-SMEM_PER_SM = 228 * 1024
-SMEM_MARGIN = 4 * 1024
-
-
-def smem_budget(ctas_per_sm: int) -> int:
-    """Operand shared memory one fused CTA may use so that ``ctas_per_sm`` of them fit an SM."""
-    if ctas_per_sm == 1:
-        return SMEM_PER_BLOCK - SMEM_MARGIN
-    return SMEM_PER_SM // ctas_per_sm - 1024 - SMEM_MARGIN
-
-
-def fit_smem(t: HFuseTiles, head_dim: int) -> HFuseTiles:
-    """Fewer decode, then prefill, stages until the CTA fits its shared-memory budget."""
-    budget = smem_budget(t.ctas_per_sm)
-    while t.smem_bytes(head_dim) > budget and (t.decode_stages > 1 or t.prefill_stages > 1):
-        if t.decode_stages >= max(2, t.prefill_stages):
-            t = replace(t, decode_stages=t.decode_stages - 1)
-        else:
-            t = replace(t, prefill_stages=t.prefill_stages - 1)
-    if t.smem_bytes(head_dim) > budget:
-        raise ValueError(f"HFuse tiles {t} need {t.smem_bytes(head_dim)} B of shared memory at head dim "
-                         f"{head_dim}, more than {budget} B for {t.ctas_per_sm} CTA(s) per SM")
-    return t
-
-
-def default_tiles(head_dim: int, group_size: int, ctas_per_sm: int = 1) -> HFuseTiles:
-    """Tiles of one fused CTA (4 prefill + 4 decode warps), from sm_90 compiles (ptxas -v):
-
-    ctas_per_sm=1 (default; as the original FA_HFuse: FA2's 128x64 prefill tile on 4 warps, 64x32
-    at head dim 256 as FA2; one 8-warp CTA per SM, which then owns the whole register file, so
-    both sides may use 255 registers): decode 64 keys a step (32 at 256), 2 prefill and 3 decode
-    stages; 100-225 KB of shared memory. ptxas spills ~124 B of the prefill's loop-invariant
-    addresses at 128-row tiles (head dim 128) and at head dim 256 (outside the inner loop).
-    ctas_per_sm=2: two fused CTAs per SM: 128 registers a thread at launch, redistributed by
-    setmaxnreg (prefill 176 / decode 80 for 16-row decode tiles, no spills; 128/128 for larger
-    groups), 64x32 prefill tiles (64x16 at 256), decode 32 keys a step (16 at 256), <= 110 KB
-    of shared memory each (fewer stages where needed)."""
-    if head_dim not in (64, 128, 256):
-        raise ValueError(f"head_dim must be 64, 128 or 256, got {head_dim}")
-    rows = decode_rows_for(group_size)
-    big = head_dim >= 256
-    if ctas_per_sm == 1:
-        t = HFuseTiles(64 if big else 128, 32 if big else 64, 2, rows, 32 if big else 64, 3,
-                       ctas_per_sm=1, decode_regs=256, maxnreg=0)
-    elif ctas_per_sm == 2:
-        t = HFuseTiles(64, 16 if big else 32, 2, rows, 16 if big else 32, 3, ctas_per_sm=2,
-                       decode_regs=80 if rows <= 16 else 128, maxnreg=128)
-    else:
-        raise ValueError(f"ctas_per_sm must be 1 or 2, got {ctas_per_sm}")
-    return fit_smem(t, head_dim)
-
-
-@dataclass(frozen=True)
-class HFuseConfig:
-    """Knobs of HFuse (YAML options of the method); None / 'auto' keep the defaults."""
-
-    ctas_per_sm: int = 1
-    prefill_split: str | int = "auto"   # "auto" (FlashDecoding heuristic) | fixed int
-    decode_split: str | int = "auto"
-    block_m: int | None = None
-    block_n: int | None = None
-    decode_n: int | None = None
-    prefill_stages: int | None = None
-    decode_stages: int | None = None
-    decode_regs: int | None = None
-    maxnreg: int | None = None
-
-    def __post_init__(self):
-        if self.ctas_per_sm not in (1, 2):
-            raise ValueError(f"ctas_per_sm must be 1 or 2, got {self.ctas_per_sm!r}")
-        for name in ("prefill_split", "decode_split"):
-            v = getattr(self, name)
-            if not (v == "auto" or (isinstance(v, int) and v >= 1)):
-                raise ValueError(f"{name} must be 'auto' or a positive int, got {v!r}")
-        for name in ("prefill_stages", "decode_stages"):
-            v = getattr(self, name)
-            if v is not None and v not in (1, 2, 3, 4):
-                raise ValueError(f"{name} must be 1..4, got {v!r}")
-        for name in ("block_m", "block_n", "decode_n"):
-            v = getattr(self, name)
-            if v is not None and (v < 16 or v & (v - 1)):
-                raise ValueError(f"{name} must be a power of two >= 16, got {v!r}")
-        if self.block_m is not None and self.block_m < 16 * PARTITION_WARPS:
-            raise ValueError(f"block_m must be >= {16 * PARTITION_WARPS} (16 rows per prefill warp)")
-        for name in ("decode_regs", "maxnreg"):
-            v = getattr(self, name)
-            if v is not None and (v % 8 or not 24 <= v <= 256):
-                raise ValueError(f"{name} must be a multiple of 8 in [24, 256], got {v!r}")
-
-
-def resolve_tiles(head_dim: int, group_size: int, config: HFuseConfig | None = None) -> HFuseTiles:
-    cfg = config or HFuseConfig()
-    t = default_tiles(head_dim, group_size, cfg.ctas_per_sm)
-    t = HFuseTiles(cfg.block_m or t.block_m, cfg.block_n or t.block_n, cfg.prefill_stages or t.prefill_stages,
-                   t.decode_rows, cfg.decode_n or t.decode_n, cfg.decode_stages or t.decode_stages,
-                   min(t.head_chunk, head_dim), t.ctas_per_sm, cfg.decode_regs or t.decode_regs,
-                   t.maxnreg if cfg.maxnreg is None else cfg.maxnreg)
-    if t.smem_bytes(head_dim) > smem_budget(t.ctas_per_sm):
-        raise ValueError(f"HFuse tiles {t} need {t.smem_bytes(head_dim)} B of shared memory at head dim "
-                         f"{head_dim}, more than {smem_budget(t.ctas_per_sm)} B")
-    prefill_regs = 2 * (t.maxnreg or 256) - t.decode_regs   # the default partition gets the rest
-    if not 24 <= prefill_regs <= 256:
-        raise ValueError(f"decode_regs {t.decode_regs} leaves {prefill_regs} registers to the prefill warps "
-                         f"(launch maxnreg {t.maxnreg or 256}); need 24..256")
-    return t
-
-
-def kv_split_range(n_blocks: int, n_splits: int, split: int) -> tuple[int, int]:
-    """Key blocks [lo, hi) of one split, as both partitions of the kernel compute them (a split
-    may be empty when n_splits does not divide the blocks evenly)."""
-    per_split = -(-n_blocks // n_splits)
-    lo = split * per_split
-    return lo, min(lo + per_split, n_blocks)
-
-
-@dataclass(frozen=True)
-class HFusePlan:
-    """One HFuse launch: CTA ``i`` < grid runs prefill tile i (if i < n_prefill_ctas) and decode
-    item i (if i < n_decode_ctas)."""
-
-    tiles: HFuseTiles
-    num_sms: int
-    n_mblocks: int = 0
-    n_splits_p: int = 1
-    n_prefill_ctas: int = 0
-    n_hblocks: int = 0
-    n_splits_d: int = 1
-    n_decode_ctas: int = 0
-    notes: dict = field(default_factory=dict)
-
-    @property
-    def grid(self) -> int:
-        return max(self.n_prefill_ctas, self.n_decode_ctas)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["tiles"] = asdict(self.tiles)
-        d["grid"] = self.grid
-        return d
-
-
-def make_plan(spec: BatchSpec, num_sms: int, config: HFuseConfig | None = None) -> HFusePlan:
-    """Plan both sides independently, as FA plans its prefill and decode calls: split-KV counts
-    from FlashDecoding's heuristic over the fused-CTA slots of this GPU (num_sms * ctas_per_sm)."""
-    if num_sms < 1:
-        raise ValueError("num_sms must be >= 1")
-    cfg = config or HFuseConfig()
-    m = spec.model
-    t = resolve_tiles(m.head_dim, m.group_size, cfg)
-    slots = num_sms * t.ctas_per_sm
-    plan = dict(tiles=t, num_sms=num_sms)
-    if spec.has_prefill:
-        n_mblocks = math.ceil(spec.prefill_len / t.block_m)
-        work = m.q_heads * n_mblocks
-        n_blocks = math.ceil(spec.prefill_kv_len / t.block_n)
-        s_p = (flash_split_heuristic(work, slots, n_blocks) if cfg.prefill_split == "auto"
-               else min(cfg.prefill_split, n_blocks))
-        plan.update(n_mblocks=n_mblocks, n_splits_p=s_p, n_prefill_ctas=work * s_p)
-    if spec.has_decode:
-        n_hblocks = math.ceil(m.group_size / t.decode_rows)
-        items = spec.decode_batch * m.kv_heads * n_hblocks
-        n_blocks = math.ceil(spec.decode_ctx / t.decode_n)
-        s_d = (flash_split_heuristic(items, slots, n_blocks) if cfg.decode_split == "auto"
-               else min(cfg.decode_split, n_blocks))
-        plan.update(n_hblocks=n_hblocks, n_splits_d=s_d, n_decode_ctas=items * s_d)
-    return HFusePlan(**plan)
+# Scalars of an absent part (its pointers get stand-ins): never read by the kernel.
+_NO_PREFILL = dict(Lq=0, Lk=0, n_mblocks=0, n_splits_p=1, n_prefill_ctas=0, s_qpt=0, s_qph=0, s_kpt=0, s_kph=0,
+                   s_vpt=0, s_vph=0, s_opt=0, s_oph=0)
+_NO_DECODE = dict(B=0, n_hblocks=0, n_splits_d=1, n_decode_ctas=0, s_qdb=0, s_qdh=0, s_kdb=0, s_kdt=0, s_kdh=0,
+                  s_vdb=0, s_vdt=0, s_vdh=0, s_odb=0, s_odh=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,16 +71,21 @@ def kernel_meta(spec: BatchSpec, tiles: HFuseTiles) -> dict:
     return meta
 
 
-class HFuseLaunch:
+def _unit_stride(parts: dict) -> None:
+    for name, x in parts.items():
+        if x.stride(-1) != 1:
+            raise ValueError(f"HFuse needs a unit head-dim stride in {name}")
+
+
+class HFuseLaunch(MergedLaunch):
     """Everything allocated up front; ``__call__`` only launches (fused kernel, then the merge of
-    split partials when there are splits)."""
+    split partials when there are splits). ``kwargs`` are the kernel's runtime arguments by name,
+    ``meta`` its compile-time ones."""
 
     def __init__(self, batch: HybridBatch, plan: HFusePlan):
-        from kernels.pod.kernel import merge_kernel
-
         from .kernel import hfuse_kernel
 
-        self._kernel, self._merge = hfuse_kernel, merge_kernel
+        self._kernel = hfuse_kernel
         spec, dev = batch.spec, batch.device
         m = spec.model
         self.plan = plan
@@ -291,113 +94,66 @@ class HFuseLaunch:
         dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
         self.out_p = torch.empty_like(batch.q_p) if self.do_p else None
         self.out_d = torch.empty_like(batch.q_d) if self.do_d else None
-        sp, sd = plan.n_splits_p, plan.n_splits_d
-        split_p, split_d = self.do_p and sp > 1, self.do_d and sd > 1
-        self.po_p = torch.empty((sp, spec.prefill_len, m.q_heads, m.head_dim), device=dev) if split_p else dummy_f
-        self.plse_p = torch.empty((sp, spec.prefill_len, m.q_heads), device=dev) if split_p else dummy_f
-        self.po_d = torch.empty((sd, spec.decode_batch, m.q_heads, m.head_dim), device=dev) if split_d else dummy_f
-        self.plse_d = torch.empty((sd, spec.decode_batch, m.q_heads), device=dev) if split_d else dummy_f
+        dummy_o = batch.q[:1]
+        self.merger = SplitMerge(dev, m.q_heads, m.head_dim, prefill=(plan.n_splits_p, spec.prefill_len, self.out_p),
+                                 decode=(plan.n_splits_d, spec.decode_batch, self.out_d),
+                                 unsplit_out={"p": dummy_o, "d": dummy_o})
+        po_p, plse_p = self.merger.partials("p")
+        po_d, plse_d = self.merger.partials("d")
+        kw = dict(H=m.q_heads, GROUP=m.group_size, HKV=m.kv_heads, qk_scale=spec.sm_scale * LOG2E)
         if self.do_p:
             qp, kp, vp, op = batch.q_p, batch.k_p, batch.v_p, self.out_p
-            for name, x in (("q_p", qp), ("k_p", kp), ("v_p", vp), ("out_p", op)):
-                if x.stride(-1) != 1:
-                    raise ValueError(f"HFuse needs a unit head-dim stride in {name}")
-            p_args = [qp, kp, vp, op, self.po_p, self.plse_p,
-                      spec.prefill_len, spec.prefill_kv_len, m.q_heads, m.group_size, plan.n_mblocks, sp,
-                      plan.n_prefill_ctas, qp.stride(0), qp.stride(1), kp.stride(0), kp.stride(1),
-                      vp.stride(0), vp.stride(1), op.stride(0), op.stride(1)]
+            _unit_stride({"q_p": qp, "k_p": kp, "v_p": vp, "out_p": op})
+            kw.update(qp_ptr=qp, kp_ptr=kp, vp_ptr=vp, op_ptr=op, pop_ptr=po_p, plsep_ptr=plse_p,
+                      Lq=spec.prefill_len, Lk=spec.prefill_kv_len, n_mblocks=plan.n_mblocks,
+                      n_splits_p=plan.n_splits_p, n_prefill_ctas=plan.n_prefill_ctas,
+                      s_qpt=qp.stride(0), s_qph=qp.stride(1), s_kpt=kp.stride(0), s_kph=kp.stride(1),
+                      s_vpt=vp.stride(0), s_vph=vp.stride(1), s_opt=op.stride(0), s_oph=op.stride(1))
         else:
             q = batch.q
-            p_args = [q, q, q, q, dummy_f, dummy_f, 0, 0, m.q_heads, m.group_size, 0, 1, 0,
-                      0, 0, 0, 0, 0, 0, 0, 0]
+            kw.update(_NO_PREFILL, qp_ptr=q, kp_ptr=q, vp_ptr=q, op_ptr=q, pop_ptr=dummy_f, plsep_ptr=dummy_f)
         if self.do_d:
             qd, kd, vd, od = batch.q_d, batch.k_d, batch.v_d, self.out_d
-            for name, x in (("q_d", qd), ("k_d", kd), ("v_d", vd), ("out_d", od)):
-                if x.stride(-1) != 1:
-                    raise ValueError(f"HFuse needs a unit head-dim stride in {name}")
-            d_args = [qd, kd, vd, od, self.po_d, self.plse_d, batch.decode_seqlens,
-                      spec.decode_batch, m.kv_heads, plan.n_hblocks, sd, plan.n_decode_ctas,
-                      qd.stride(0), qd.stride(1), kd.stride(0), kd.stride(1), kd.stride(2),
-                      vd.stride(0), vd.stride(1), vd.stride(2), od.stride(0), od.stride(1)]
+            _unit_stride({"q_d": qd, "k_d": kd, "v_d": vd, "out_d": od})
+            kw.update(qd_ptr=qd, kd_ptr=kd, vd_ptr=vd, od_ptr=od, pod_ptr=po_d, plsed_ptr=plse_d,
+                      seqlens_ptr=batch.decode_seqlens, B=spec.decode_batch, n_hblocks=plan.n_hblocks,
+                      n_splits_d=plan.n_splits_d, n_decode_ctas=plan.n_decode_ctas,
+                      s_qdb=qd.stride(0), s_qdh=qd.stride(1), s_kdb=kd.stride(0), s_kdt=kd.stride(1),
+                      s_kdh=kd.stride(2), s_vdb=vd.stride(0), s_vdt=vd.stride(1), s_vdh=vd.stride(2),
+                      s_odb=od.stride(0), s_odh=od.stride(1))
         else:
             q = batch.q
-            d_args = [q, q, q, q, dummy_f, dummy_f, dummy_i, 0, m.kv_heads, 0, 1, 0,
-                      0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        self.args = p_args + d_args + [spec.sm_scale * LOG2E]
+            kw.update(_NO_DECODE, qd_ptr=q, kd_ptr=q, vd_ptr=q, od_ptr=q, pod_ptr=dummy_f, plsed_ptr=dummy_f,
+                      seqlens_ptr=dummy_i)
+        self.kwargs = kw
         self.meta = kernel_meta(spec, plan.tiles)
         self.grid = plan.grid
-        n_rows_p = spec.prefill_len * m.q_heads if split_p else 0
-        n_rows_d = spec.decode_batch * m.q_heads if split_d else 0
-        self.merge_blocks_p = -(-n_rows_p // MERGE_ROWS)
-        self.merge_grid = self.merge_blocks_p + -(-n_rows_d // MERGE_ROWS)
-        dummy_o = batch.q[:1]
-        self.merge_args = [self.po_p, self.plse_p, self.out_p if split_p else dummy_o, n_rows_p, sp,
-                           self.po_d, self.plse_d, self.out_d if split_d else dummy_o, n_rows_d, sd,
-                           self.merge_blocks_p]
         self.head_dim = m.head_dim
 
     def launch(self):
         if self.grid > 0:
-            self._kernel[(self.grid,)](*self.args, **self.meta)
+            self._kernel[(self.grid,)](**self.kwargs, **self.meta)
 
-    def merge(self):
-        if self.merge_grid:
-            self._merge[(self.merge_grid,)](*self.merge_args, D=self.head_dim, BR=MERGE_ROWS, num_warps=4)
-
-    def outputs(self) -> dict:
-        out = {}
-        if self.do_p:
-            out["prefill"] = self.out_p
-        if self.do_d:
-            out["decode"] = self.out_d
-        return out
-
-    def __call__(self) -> dict:
-        self.launch()
-        self.merge()
-        return self.outputs()
 
     def kernel_stats(self) -> dict:
         """Registers, spills and shared memory of the compiled kernel (GPU only; compiles if needed)."""
-        ck = self._kernel.warmup(*self.args, grid=(max(1, self.grid),), **self.meta)
+        ck = self._kernel.warmup(**self.kwargs, grid=(max(1, self.grid),), **self.meta)
         ck._init_handles()
         return {"n_regs": ck.n_regs, "n_spills": ck.n_spills, "shared": ck.metadata.shared,
                 "num_warps": ck.metadata.num_warps}
-
 
 def prepare_launch(batch: HybridBatch, plan: HFusePlan) -> HFuseLaunch:
     return HFuseLaunch(batch, plan)
 
 
-# ----------------------------------------------------------------------------------------------
-# ahead-of-time compilation (no GPU needed): tests and inspection
-# ----------------------------------------------------------------------------------------------
 def aot_compile(launch: HFuseLaunch, arch: int = 90):
     """Compile ``hfuse_kernel`` for a prepared launch (its batch may live on the CPU) for CUDA
-    ``sm_<arch>`` without a GPU, specialising the arguments exactly as the JIT does at launch
-    (ints equal to 1 become constants, multiples of 16 get divisibility hints; ptxas runs when
-    present). Returns triton's CompiledKernel: ``.asm['ttgir'|'ptx'|'cubin']``,
-    ``.metadata.shared`` (bytes of shared memory)."""
-    import triton
-    from triton.backends.compiler import BaseBackend, GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import create_function_from_signature
-
+    ``sm_<arch>`` without a GPU, specialised as the JIT would (kernels/common/aot.py). Returns
+    triton's CompiledKernel: ``.asm['ttgir'|'ptx'|'cubin']``, ``.metadata.shared``."""
     if arch < 90:
         raise ValueError("Gluon's warp_specialize needs sm_90+: compiling it for an older arch aborts the process "
                          "(LLVM cannot select setmaxnreg)")
-    kernel = launch._kernel
-    binder = create_function_from_signature(kernel.signature, kernel.params, BaseBackend)
-    bound, specialization, options = binder(*launch.args, **launch.meta)
-    names = [p.name for p in kernel.params]
-    signature = {n: sp[0] for n, sp in zip(names, specialization)}
-    constexprs = {(i,): bound[n] for i, n in enumerate(names) if signature[n] == "constexpr"}
-    attrs = {(i,): BaseBackend.parse_attr(sp[1]) for i, sp in enumerate(specialization)
-             if signature[names[i]] != "constexpr" and isinstance(sp[1], str)}
-    src = GluonASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
+    return compile_gluon(launch._kernel, {**launch.kwargs, **launch.meta}, arch)
 
 
-__all__ = ["HFuseTiles", "HFuseConfig", "HFusePlan", "HFuseLaunch", "default_tiles", "resolve_tiles", "make_plan",
-           "prepare_launch", "unavailable_reason", "aot_compile", "decode_rows_for", "kv_split_range", "num_sms",
-           "smem_budget"]
+__all__ = ["HFuseLaunch", "prepare_launch", "unavailable_reason", "aot_compile", "num_sms", "kernel_meta"]

@@ -56,7 +56,7 @@ def _finish(acc, m, l):
 
 
 def _merge(po, plse):
-    """kernels.pod.kernel.merge_kernel: (S, R, D) partials + (S, R) base-2 LSE -> (R, D)."""
+    """kernels.common.merge.merge_kernel: (S, R, D) partials + (S, R) base-2 LSE -> (R, D)."""
     m = plse.max(0).values
     m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
     w = torch.exp2(plse - m)

@@ -17,7 +17,7 @@ Both pipelines walk their items ``rank, rank + grid, ...`` (kernels/hopper/plan.
 CTA's rank is its launch order. A producer and its consumers each keep a running count of K/V
 blocks across items, which gives every block its ring stage and mbarrier phase; Q tiles have a
 single buffer with its own ready/empty barriers. Softmax is in base 2 (scale folded with log2 e);
-split-KV partials are normalised outputs + base-2 LSE, merged by kernels.pod.kernel.merge_kernel.
+split-KV partials are normalised outputs + base-2 LSE, merged by kernels.common.merge.merge_kernel.
 
 Tails: TMA zero-fills rows past a descriptor's extent (the prefill chunk's queries and keys, the
 decode queries), masks set scores of keys past the length (and above the causal diagonal) to

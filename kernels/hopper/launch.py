@@ -1,6 +1,6 @@
-"""Launching the Hopper-native POD kernel: TMA descriptors over the harness's tensors, arguments,
-the persistent launch, the split-KV merge, availability, and ahead-of-time compilation for sm_90a
-on a machine without a GPU (tests read its PTX/SASS).
+"""Launching the Hopper-native POD kernel: TMA descriptors over the harness's tensors, arguments
+by name, the persistent launch, the split-KV merge (kernels/common/merge.py), availability, and
+ahead-of-time compilation for sm_90a on a machine without a GPU (tests read its PTX/SASS).
 
 Layouts (kernels/workload.py): the prefill queries ``q_p`` (Lq, H, d) are seen as a 2-D (Lq, H*d)
 matrix and its keys/values ``k_p``/``v_p`` (Lk, Hkv, d) as (Lk, Hkv*d); a TMA box [rows, d] at
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import torch
 
+from kernels.common.aot import compile_gluon
+from kernels.common.merge import MergedLaunch, SplitMerge
+from kernels.common.splitkv import LOG2E
 from kernels.workload import HybridBatch
 
-from .plan import BLOCK_M, DECODE_ROWS, MERGE_ROWS, MODE_DECODE, MODE_POD, MODE_PREFILL, HopperPlan, WG_ROWS
+from .plan import BLOCK_M, DECODE_ROWS, MODE_DECODE, MODE_POD, MODE_PREFILL, HopperPlan, WG_ROWS  # noqa: F401
 
-LOG2E = 1.4426950408889634
 MIN_CAPABILITY = (9, 0)
 SCHED_INTS = 4           # launch counter, done counter, 2 spare
 
@@ -95,16 +97,20 @@ def kernel_meta(plan: HopperPlan, head_dim: int, has_p: bool, has_d: bool, trace
     return meta
 
 
-class HopperLaunch:
+# Scalars of an absent part (its descriptors and pointers get stand-ins): never read by the kernel.
+_NO_PREFILL = dict(Lq=0, Lk=0, n_mblocks=0, n_splits_p=1, n_p_items=0, s_opt=0)
+_NO_DECODE = dict(B=0, n_hblocks=0, n_splits_d=1, n_d_items=0, cap=0)
+
+
+class HopperLaunch(MergedLaunch):
     """Everything allocated up front; ``__call__`` launches the persistent kernel, then the merge of
-    split partials when there are splits, and returns the outputs."""
+    split partials when there are splits, and returns the outputs. ``kwargs`` are the kernel's
+    runtime arguments by name, ``meta`` its compile-time ones."""
 
     def __init__(self, batch: HybridBatch, plan: HopperPlan, trace: bool = False):
-        from kernels.pod.kernel import merge_kernel
-
         from .kernel import pod_hopper_kernel
 
-        self._kernel, self._merge = pod_hopper_kernel, merge_kernel
+        self._kernel = pod_hopper_kernel
         spec, dev = batch.spec, batch.device
         m = spec.model
         d, H, Hkv = m.head_dim, m.q_heads, m.kv_heads
@@ -121,92 +127,59 @@ class HopperLaunch:
         dummy_x = torch.zeros((WG_ROWS, d), device=dev, dtype=dt)    # descriptors of an absent part
         self.out_p = torch.empty_like(batch.q_p) if self.do_p else None
         self.out_d = torch.empty_like(batch.q_d) if self.do_d else None
-        sp, sd = plan.n_splits_p, plan.n_splits_d
-        split_p, split_d = self.do_p and sp > 1, self.do_d and sd > 1
-        self.po_p = torch.empty((sp, spec.prefill_len, H, d), device=dev) if split_p else dummy_f
-        self.plse_p = torch.empty((sp, spec.prefill_len, H), device=dev) if split_p else dummy_f
-        self.po_d = torch.empty((sd, spec.decode_batch, H, d), device=dev) if split_d else dummy_f
-        self.plse_d = torch.empty((sd, spec.decode_batch, H), device=dev) if split_d else dummy_f
+        dummy_o = batch.q[:1]
+        self.merger = SplitMerge(dev, H, d, prefill=(plan.n_splits_p, spec.prefill_len, self.out_p),
+                                 decode=(plan.n_splits_d, spec.decode_batch, self.out_d),
+                                 unsplit_out={"p": dummy_o, "d": dummy_o})
+        po_p, plse_p = self.merger.partials("p")
+        po_d, plse_d = self.merger.partials("d")
+        kw = dict(H=H, GROUP=m.group_size, HKV=Hkv)
         if self.do_p:
             qp = batch.q_p.reshape(spec.prefill_len, H * d)
             kp = batch.k_p.reshape(spec.prefill_kv_len, Hkv * d)
             vp = batch.v_p.reshape(spec.prefill_kv_len, Hkv * d)
-            p_args = [_desc(qp, WG_ROWS, d), _desc(kp, t.block_n, d), _desc(vp, t.block_n, d), self.out_p,
-                      self.po_p, self.plse_p, spec.prefill_len, spec.prefill_kv_len, H, m.group_size,
-                      plan.n_mblocks, sp, plan.n_prefill_items, self.out_p.stride(0)]
+            kw.update(qp_desc=_desc(qp, WG_ROWS, d), kp_desc=_desc(kp, t.block_n, d), vp_desc=_desc(vp, t.block_n, d),
+                      op_ptr=self.out_p, pop_ptr=po_p, plsep_ptr=plse_p, Lq=spec.prefill_len,
+                      Lk=spec.prefill_kv_len, n_mblocks=plan.n_mblocks, n_splits_p=plan.n_splits_p,
+                      n_p_items=plan.n_prefill_items, s_opt=self.out_p.stride(0))
         else:
-            p_args = [_desc(dummy_x, WG_ROWS, d), _desc(dummy_x, t.block_n, d), _desc(dummy_x, t.block_n, d),
-                      dummy_x, dummy_f, dummy_f, 0, 0, H, m.group_size, 0, 1, 0, 0]
+            kw.update(_NO_PREFILL, qp_desc=_desc(dummy_x, WG_ROWS, d), kp_desc=_desc(dummy_x, t.block_n, d),
+                      vp_desc=_desc(dummy_x, t.block_n, d), op_ptr=dummy_x, pop_ptr=dummy_f, plsep_ptr=dummy_f)
         if self.do_d:
             cap = batch.k_d.shape[1]
             qd = batch.q_d.reshape(spec.decode_batch * H, d)
             kd = batch.k_d.reshape(spec.decode_batch * cap, Hkv * d)
             vd = batch.v_d.reshape(spec.decode_batch * cap, Hkv * d)
-            d_args = [_desc(qd, DECODE_ROWS, d), _desc(kd, t.decode_n, d), _desc(vd, t.decode_n, d), self.out_d,
-                      self.po_d, self.plse_d, batch.decode_seqlens, spec.decode_batch, Hkv, plan.n_hblocks, sd,
-                      plan.n_decode_items, cap]
+            kw.update(qd_desc=_desc(qd, DECODE_ROWS, d), kd_desc=_desc(kd, t.decode_n, d),
+                      vd_desc=_desc(vd, t.decode_n, d), od_ptr=self.out_d, pod_ptr=po_d, plsed_ptr=plse_d,
+                      seqlens_ptr=batch.decode_seqlens, B=spec.decode_batch, n_hblocks=plan.n_hblocks,
+                      n_splits_d=plan.n_splits_d, n_d_items=plan.n_decode_items, cap=cap)
         else:
-            d_args = [_desc(dummy_x, DECODE_ROWS, d), _desc(dummy_x, t.decode_n, d), _desc(dummy_x, t.decode_n, d),
-                      dummy_x, dummy_f, dummy_f, dummy_i, 0, Hkv, 0, 1, 0, 0]
+            kw.update(_NO_DECODE, qd_desc=_desc(dummy_x, DECODE_ROWS, d), kd_desc=_desc(dummy_x, t.decode_n, d),
+                      vd_desc=_desc(dummy_x, t.decode_n, d), od_ptr=dummy_x, pod_ptr=dummy_f, plsed_ptr=dummy_f,
+                      seqlens_ptr=dummy_i)
         self.sched = torch.zeros(SCHED_INTS, device=dev, dtype=torch.int32)
         self.trace = torch.full((plan.grid,), -1, device=dev, dtype=torch.int32) if trace else dummy_i
-        self.args = p_args + d_args + [spec.sm_scale * LOG2E, self.sched, self.trace]
+        kw.update(qk_scale=spec.sm_scale * LOG2E, sched_ptr=self.sched, trace_ptr=self.trace)
+        self.kwargs = kw
         if not (self.do_p or self.do_d):
             raise ValueError(f"a {t.mode} plan computes no part of this batch")
         self.meta = kernel_meta(plan, d, self.do_p, self.do_d, trace)
         self.grid = plan.grid
-        n_rows_p = spec.prefill_len * H if split_p else 0
-        n_rows_d = spec.decode_batch * H if split_d else 0
-        self.merge_blocks_p = -(-n_rows_p // MERGE_ROWS)
-        self.merge_grid = self.merge_blocks_p + -(-n_rows_d // MERGE_ROWS)
-        dummy_o = batch.q[:1]
-        self.merge_args = [self.po_p, self.plse_p, self.out_p if split_p else dummy_o, n_rows_p, sp,
-                           self.po_d, self.plse_d, self.out_d if split_d else dummy_o, n_rows_d, sd,
-                           self.merge_blocks_p]
         self.head_dim = d
 
     def launch(self):
-        self._kernel[(self.grid,)](*self.args, **self.meta)
-
-    def merge(self):
-        if self.merge_grid:
-            self._merge[(self.merge_grid,)](*self.merge_args, D=self.head_dim, BR=MERGE_ROWS, num_warps=4)
-
-    def outputs(self) -> dict:
-        out = {}
-        if self.do_p:
-            out["prefill"] = self.out_p
-        if self.do_d:
-            out["decode"] = self.out_d
-        return out
-
-    def __call__(self) -> dict:
-        self.launch()
-        self.merge()
-        return self.outputs()
+        self._kernel[(self.grid,)](**self.kwargs, **self.meta)
 
 
 def aot_compile(launch: HopperLaunch, arch: int = 90):
     """Compile the kernel of a prepared launch (its batch may live on the CPU) for ``sm_90a``
-    without a GPU, specialised as the JIT would specialise it. Returns triton's CompiledKernel
-    (``.asm['ptx'|'cubin']``, ``.metadata.shared``). Never call with TRITON_INTERPRET=1 set."""
-    import triton
-    from triton.backends.compiler import BaseBackend, GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import create_function_from_signature
-
+    without a GPU, specialised as the JIT would (kernels/common/aot.py). Returns triton's
+    CompiledKernel (``.asm['ptx'|'cubin']``, ``.metadata.shared``). Never call with
+    TRITON_INTERPRET=1 set."""
     if arch != 90:
         raise ValueError("the Hopper kernel targets sm_90a only")
-    kernel = launch._kernel
-    binder = create_function_from_signature(kernel.signature, kernel.params, BaseBackend)
-    bound, specialization, options = binder(*launch.args, **launch.meta)
-    names = [p.name for p in kernel.params]
-    signature = {n: sp[0] for n, sp in zip(names, specialization)}
-    constexprs = {(i,): bound[n] for i, n in enumerate(names) if signature[n] == "constexpr"}
-    attrs = {(i,): BaseBackend.parse_attr(sp[1]) for i, sp in enumerate(specialization)
-             if signature[names[i]] != "constexpr" and isinstance(sp[1], str)}
-    src = GluonASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
+    return compile_gluon(launch._kernel, {**launch.kwargs, **launch.meta}, arch)
 
 
 __all__ = ["HopperLaunch", "aot_compile", "unavailable_reason", "num_sms", "shape_unsupported", "kernel_meta",

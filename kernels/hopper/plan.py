@@ -27,6 +27,7 @@ import math
 import random
 from dataclasses import asdict, dataclass, field, replace
 
+from kernels.common.splitkv import kv_split_range  # noqa: F401  (as the kernel splits; tests)
 from kernels.workload import BatchSpec
 
 MODE_PREFILL, MODE_DECODE, MODE_POD = "prefill", "decode", "pod"
@@ -35,7 +36,6 @@ MODES = (MODE_PREFILL, MODE_DECODE, MODE_POD)
 BLOCK_M = 128           # prefill query rows per item: 2 consumer warpgroups x 64 rows (wgmma M = 64)
 WG_ROWS = 64
 DECODE_ROWS = 16        # decode tile rows (query heads of one GQA group, padded; one mma.sync row block)
-MERGE_ROWS = 16
 
 # sm_90: 227 KB of shared memory per CTA (opt-in), 228 KB per SM, 1 KB reserved per CTA; keep a
 # margin for the compiler's own scratch (layout conversions, reductions) and the mbarriers.
@@ -226,13 +226,6 @@ def split_heuristic(items: int, slots: int, n_blocks: int, max_splits: int = 64)
 
     best = max(eff(s) for s in range(1, max_splits + 1))
     return next(s for s in range(1, max_splits + 1) if eff(s) >= 0.9 * best)
-
-
-def kv_split_range(n_blocks: int, n_splits: int, split: int) -> tuple[int, int]:
-    """Key blocks [lo, hi) of one split, as the kernel computes them (hi >= lo; may be empty)."""
-    per = -(-n_blocks // n_splits)
-    lo = split * per
-    return lo, max(lo, min(lo + per, n_blocks))
 
 
 @dataclass(frozen=True)

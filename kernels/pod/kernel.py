@@ -4,14 +4,25 @@ One prefill tile function and one decode tile function; ``pod_kernel`` runs them
 (MODE): prefill only, decode only, CTA-parallel (block index decides), and SM-aware POD (each CTA
 reads its SM id and binds itself to prefill or decode at run time: by a ticket from that SM's
 counter, as in the paper's Figure 9, or by how many CTAs of each part run on that SM right now).
-Split-KV partials are merged by ``merge_kernel``.
+Split-KV partials are merged by ``kernels.common.merge.merge_kernel``. MODE and BINDING take the
+named values of plan.py (MODE_*, BINDING_*), seen here as constexpr globals.
 
 Softmax runs in base 2 (scores pre-multiplied by log2(e)); partial LSEs are kept in base 2.
 """
 import triton
 import triton.language as tl
 
-MODE_PREFILL, MODE_DECODE, MODE_CTA, MODE_POD = 0, 1, 2, 3
+from .plan import (BINDING_PROGRESS, BINDING_RESIDENT, BINDING_TICKET, MODE_CTA, MODE_DECODE, MODE_POD,  # noqa: F401
+                   MODE_PREFILL)
+
+# the host's named modes and bindings as compile-time constants of the kernel
+_PREFILL_ONLY = tl.constexpr(MODE_PREFILL)
+_DECODE_ONLY = tl.constexpr(MODE_DECODE)
+_CTA_PARALLEL = tl.constexpr(MODE_CTA)
+_SM_AWARE = tl.constexpr(MODE_POD)
+_BY_TICKET = tl.constexpr(BINDING_TICKET)
+_BY_RESIDENT = tl.constexpr(BINDING_RESIDENT)
+_BY_PROGRESS = tl.constexpr(BINDING_PROGRESS)
 
 
 @triton.jit
@@ -293,10 +304,11 @@ def pod_kernel(
     ``sched_ptr`` (int32, 3 * SM_SLOTS + 4): per-SM tickets; the prefill CTA, decode CTA and done
     counters (+1 unused); per-SM running prefill CTAs; per-SM running decode CTAs. The last CTA to
     finish zeroes the first two groups (the running counts return to zero by themselves), so the
-    next launch needs no memset. BINDING (POD only): 0 = ticket modulo prefill_ratio +
-    decode_ratio (paper); 1 = the part whose running CTAs on this SM are furthest below their
-    prefill_ratio:decode_ratio share, which follows the real residency and CTA lengths; 2 = the
-    part that has handed out the smaller fraction of its CTAs, so both parts run until the end.
+    next launch needs no memset. BINDING (MODE_POD only): BINDING_TICKET = ticket modulo
+    prefill_ratio + decode_ratio (paper); BINDING_RESIDENT = the part whose running CTAs on this SM
+    are furthest below their prefill_ratio:decode_ratio share, which follows the real residency and
+    CTA lengths; BINDING_PROGRESS = the part that has handed out the smaller fraction of its CTAs,
+    so both parts run until the end.
     ``trace_ptr`` (int64, grid x 5) records op, logical CTA, SM, start and end time in ns.
     PF_SOFTMAX = 1 folds the softmax scale into the exponent and accumulates P.V in place; PF_WS asks
     Triton to warp-specialise the unmasked prefill loop. Both are off: neither was faster on H100
@@ -305,21 +317,21 @@ def pod_kernel(
     if TRACE:
         t_start = _now_ns(INTERPRET)
     sm = 0
-    if MODE == 0:
+    if MODE == _PREFILL_ONLY:
         op = 0
         cta = pid
-    elif MODE == 1:
+    elif MODE == _DECODE_ONLY:
         op = 1
         cta = pid
-    elif MODE == 2:
+    elif MODE == _CTA_PARALLEL:
         op = (pid >= n_prefill_ctas).to(tl.int32)
         cta = tl.where(op == 0, pid, pid - n_prefill_ctas)
     else:
         sm = _sm_id(pid, smid_table, USE_SMID_TABLE, INTERPRET, SM_SLOTS)
-        if BINDING == 0:
+        if BINDING == _BY_TICKET:
             ticket = tl.atomic_add(sched_ptr + sm, 1) % (prefill_ratio + decode_ratio)
             op = (ticket >= prefill_ratio).to(tl.int32)
-        elif BINDING == 2:
+        elif BINDING == _BY_PROGRESS:
             handed_p = tl.atomic_add(sched_ptr + SM_SLOTS, 0)
             handed_d = tl.atomic_add(sched_ptr + SM_SLOTS + 1, 0)
             # the part whose share of its CTAs handed out so far is smaller: both parts run to the end
@@ -334,9 +346,9 @@ def pod_kernel(
             # this operation has no work left: take the other one (always has some, see plan.py)
             op = 1 - op
             cta = tl.atomic_add(sched_ptr + SM_SLOTS + op, 1)
-        if BINDING == 1:
+        if BINDING == _BY_RESIDENT:
             tl.atomic_add(sched_ptr + SM_SLOTS + 4 + op * SM_SLOTS + sm, 1)
-    if TRACE and MODE != 3:
+    if TRACE and MODE != _SM_AWARE:
         sm = _sm_id(pid, smid_table, USE_SMID_TABLE, INTERPRET, SM_SLOTS)
     if op == 0:
         _prefill_tile(cta, qp_ptr, kp_ptr, vp_ptr, op_ptr, pop_ptr, plsep_ptr, btp_ptr,
@@ -355,8 +367,8 @@ def pod_kernel(
         tl.store(trace_ptr + pid * 5 + 2, zero + sm)
         tl.store(trace_ptr + pid * 5 + 3, t_start)
         tl.store(trace_ptr + pid * 5 + 4, _now_ns(INTERPRET))
-    if MODE == 3:
-        if BINDING == 1:
+    if MODE == _SM_AWARE:
+        if BINDING == _BY_RESIDENT:
             tl.atomic_add(sched_ptr + SM_SLOTS + 4 + op * SM_SLOTS + sm, -1)
         done = tl.atomic_add(sched_ptr + SM_SLOTS + 2, 1)
         if done == n_prefill_ctas + n_decode_ctas - 1:
@@ -365,33 +377,3 @@ def pod_kernel(
             tl.store(sched_ptr + offs, tl.zeros([SM_SLOTS], tl.int32))
             tl.store(sched_ptr + SM_SLOTS + tl.arange(0, 4), tl.zeros([4], tl.int32),
                      mask=tl.arange(0, 4) < 3)
-
-
-@triton.jit(do_not_specialize=["rows_p", "splits_p", "rows_d", "splits_d", "n_blocks_p"])
-def merge_kernel(po_p, plse_p, o_p, rows_p, splits_p, po_d, plse_d, o_d, rows_d, splits_d, n_blocks_p,
-                 D: tl.constexpr, BR: tl.constexpr):
-    """Merge split-KV partials (normalised outputs + base-2 LSE) of prefill rows, then decode rows.
-    Rows are (token, head) of the contiguous outputs."""
-    pid = tl.program_id(0)
-    if pid < n_blocks_p:
-        po, plse, o, R, S, blk = po_p, plse_p, o_p, rows_p, splits_p, pid
-    else:
-        po, plse, o, R, S, blk = po_d, plse_d, o_d, rows_d, splits_d, pid - n_blocks_p
-    rows = blk * BR + tl.arange(0, BR)
-    r_ok = rows < R
-    rows64 = rows.to(tl.int64)
-    offs_d = tl.arange(0, D)
-    m = tl.full([BR], float("-inf"), tl.float32)
-    for s in range(0, S):
-        m = tl.maximum(m, tl.load(plse + s * R + rows64, mask=r_ok, other=float("-inf")))
-    m = tl.where(m == float("-inf"), 0.0, m)
-    acc = tl.zeros([BR, D], tl.float32)
-    den = tl.zeros([BR], tl.float32)
-    for s in range(0, S):
-        w = tl.math.exp2(tl.load(plse + s * R + rows64, mask=r_ok, other=float("-inf")) - m)
-        part = tl.load(po + (s * R + rows64)[:, None] * D + offs_d[None, :], mask=r_ok[:, None], other=0.0)
-        acc += w[:, None] * part
-        den += w
-    den = tl.where(den == 0.0, 1.0, den)
-    tl.store(o + rows64[:, None] * D + offs_d[None, :], (acc / den[:, None]).to(o.dtype.element_ty),
-             mask=r_ok[:, None])

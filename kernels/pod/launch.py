@@ -9,16 +9,15 @@ import math
 import os
 
 import torch
-import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from kernels.common.args import PositionalArgs, param_names
+from kernels.common.merge import MERGE_ROWS, MergedLaunch, SplitMerge, merge_kernel  # noqa: F401
+from kernels.common.splitkv import LOG2E
 from kernels.workload import HybridBatch
 
-from .kernel import MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, merge_kernel, pod_kernel
-from .plan import LaunchPlan
-
-LOG2E = 1.4426950408889634
-MERGE_ROWS = 16
+from .kernel import pod_kernel
+from .plan import MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, LaunchPlan
 
 
 def interpreting() -> bool:
@@ -52,8 +51,20 @@ def _kv_descriptor(kv: torch.Tensor, block_n: int) -> TensorDescriptor:
     return TensorDescriptor(kv, [lk, hkv * d], [kv.stride(0), 1], [block_n, d])
 
 
-class _Launch:
-    """The tensors and scalar arguments of one prepared launch (shared by the ways to run it)."""
+# Arguments of an absent part (a mode or batch without it): never read by the kernel, but every
+# parameter needs a value. The pointers get 1-element stand-ins; these are the scalars.
+_POD_PARAMS, _MERGE_PARAMS = param_names(pod_kernel), param_names(merge_kernel)
+_NO_PREFILL = dict(Lq=0, Lk=0, n_mblocks=0, n_splits_p=1, page_size_p=1, s_qpt=0, s_qph=0, s_kpp=0, s_kpt=0,
+                   s_kph=0, s_vpp=0, s_vpt=0, s_vph=0, s_opt=0, s_oph=0)
+_NO_DECODE = dict(B=0, n_hblocks=0, n_splits_d=1, n_items=0, page_size_d=1, btd_stride=0, s_qdb=0, s_qdh=0,
+                  s_kdp=0, s_kdt=0, s_kdh=0, s_vdp=0, s_vdt=0, s_vdh=0, s_odb=0, s_odh=0)
+
+
+class PodLaunch(MergedLaunch):
+    """The tensors and arguments (by name) of one prepared launch of ``pod_kernel`` and its merge.
+
+    ``kwargs`` are the kernel's runtime arguments and ``meta`` its compile-time ones; ``args`` and
+    ``merge_args`` are positional views of them (serving/backends.py re-points tensors by slot)."""
 
     def __init__(self, batch: HybridBatch, plan: LaunchPlan, paged: bool, smid_table=None, trace=None):
         spec, dev = batch.spec, batch.device
@@ -65,58 +76,64 @@ class _Launch:
         dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
         self.out_p = torch.empty_like(batch.q_p) if self.do_p else torch.empty(1, 1, 1, device=dev, dtype=batch.q.dtype)
         self.out_d = torch.empty_like(batch.q_d) if self.do_d else torch.empty(1, 1, 1, device=dev, dtype=batch.q.dtype)
-        sp, sd = plan.n_splits_p, plan.n_splits_d
-        split_p = self.do_p and sp > 1
-        split_d = self.do_d and sd > 1
-        self.po_p = torch.empty((sp, spec.prefill_len, m.q_heads, m.head_dim), device=dev) if split_p else dummy_f
-        self.plse_p = torch.empty((sp, spec.prefill_len, m.q_heads), device=dev) if split_p else dummy_f
-        self.po_d = torch.empty((sd, spec.decode_batch, m.q_heads, m.head_dim), device=dev) if split_d else dummy_f
-        self.plse_d = torch.empty((sd, spec.decode_batch, m.q_heads), device=dev) if split_d else dummy_f
-        self.split_p, self.split_d = split_p, split_d
+        self.merger = SplitMerge(dev, m.q_heads, m.head_dim,
+                                 prefill=(plan.n_splits_p, spec.prefill_len, self.out_p if self.do_p else None),
+                                 decode=(plan.n_splits_d, spec.decode_batch, self.out_d if self.do_d else None),
+                                 unsplit_out={"p": self.out_p, "d": self.out_d})
+        self.split_p, self.split_d = self.merger.split_p, self.merger.split_d
+        po_p, plse_p = self.merger.partials("p")
+        po_d, plse_d = self.merger.partials("d")
+        kw = dict(H=m.q_heads, GROUP=m.group_size, HKV=m.kv_heads)
 
         if self.do_p:
             qp = batch.q_p
             if paged:
                 kp, vp, btp = batch.k_pool, batch.v_pool, batch.prefill_block_table()
-                skp = (kp.stride(0), kp.stride(1), kp.stride(2))
-                svp = (vp.stride(0), vp.stride(1), vp.stride(2))
+                s_kpp, s_kpt, s_kph = kp.stride(0), kp.stride(1), kp.stride(2)
+                s_vpp, s_vpt, s_vph = vp.stride(0), vp.stride(1), vp.stride(2)
             else:
                 kp, vp, btp = batch.k_p, batch.v_p, dummy_i
-                skp = (0, kp.stride(0), kp.stride(1))
-                svp = (0, vp.stride(0), vp.stride(1))
+                s_kpp, s_kpt, s_kph = 0, kp.stride(0), kp.stride(1)
+                s_vpp, s_vpt, s_vph = 0, vp.stride(0), vp.stride(1)
                 if plan.prefill_tma:
                     kp, vp = (_kv_descriptor(x, plan.tiles.block_n) for x in (kp, vp))
-            p_args = [qp, kp, vp, self.out_p, self.po_p, self.plse_p, btp,
-                      spec.prefill_len, spec.prefill_kv_len, m.q_heads, m.group_size, plan.n_mblocks, sp,
-                      spec.page_size, qp.stride(0), qp.stride(1), *skp, *svp,
-                      self.out_p.stride(0), self.out_p.stride(1)]
+            kw.update(qp_ptr=qp, kp_ptr=kp, vp_ptr=vp, op_ptr=self.out_p, pop_ptr=po_p, plsep_ptr=plse_p,
+                      btp_ptr=btp, Lq=spec.prefill_len, Lk=spec.prefill_kv_len, n_mblocks=plan.n_mblocks,
+                      n_splits_p=plan.n_splits_p, page_size_p=spec.page_size,
+                      s_qpt=qp.stride(0), s_qph=qp.stride(1), s_kpp=s_kpp, s_kpt=s_kpt, s_kph=s_kph,
+                      s_vpp=s_vpp, s_vpt=s_vpt, s_vph=s_vph,
+                      s_opt=self.out_p.stride(0), s_oph=self.out_p.stride(1))
         else:
-            p_args = [batch.q, batch.k_pool, batch.v_pool, self.out_p, dummy_f, dummy_f, dummy_i,
-                      0, 0, m.q_heads, m.group_size, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            kw.update(_NO_PREFILL, qp_ptr=batch.q, kp_ptr=batch.k_pool, vp_ptr=batch.v_pool, op_ptr=self.out_p,
+                      pop_ptr=dummy_f, plsep_ptr=dummy_f, btp_ptr=dummy_i)
         if self.do_d:
             qd = batch.q_d
             if paged:
                 kd, vd, btd = batch.k_pool, batch.v_pool, batch.decode_block_table()
             else:
                 kd, vd, btd = batch.k_d, batch.v_d, dummy_i
-            sk = (kd.stride(0), kd.stride(1), kd.stride(2))
-            sv = (vd.stride(0), vd.stride(1), vd.stride(2))
-            d_args = [qd, kd, vd, self.out_d, self.po_d, self.plse_d, btd, batch.decode_seqlens,
-                      spec.decode_batch, m.kv_heads, plan.n_hblocks, sd, plan.n_items, spec.page_size,
-                      btd.stride(0) if paged else 0, qd.stride(0), qd.stride(1), *sk, *sv,
-                      self.out_d.stride(0), self.out_d.stride(1)]
+            kw.update(qd_ptr=qd, kd_ptr=kd, vd_ptr=vd, od_ptr=self.out_d, pod_ptr=po_d, plsed_ptr=plse_d,
+                      btd_ptr=btd, seqlens_ptr=batch.decode_seqlens, B=spec.decode_batch,
+                      n_hblocks=plan.n_hblocks, n_splits_d=plan.n_splits_d, n_items=plan.n_items,
+                      page_size_d=spec.page_size, btd_stride=btd.stride(0) if paged else 0,
+                      s_qdb=qd.stride(0), s_qdh=qd.stride(1),
+                      s_kdp=kd.stride(0), s_kdt=kd.stride(1), s_kdh=kd.stride(2),
+                      s_vdp=vd.stride(0), s_vdt=vd.stride(1), s_vdh=vd.stride(2),
+                      s_odb=self.out_d.stride(0), s_odh=self.out_d.stride(1))
         else:
-            d_args = [batch.q, batch.k_pool, batch.v_pool, self.out_d, dummy_f, dummy_f, dummy_i, dummy_i,
-                      0, m.kv_heads, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            kw.update(_NO_DECODE, qd_ptr=batch.q, kd_ptr=batch.k_pool, vd_ptr=batch.v_pool, od_ptr=self.out_d,
+                      pod_ptr=dummy_f, plsed_ptr=dummy_f, btd_ptr=dummy_i, seqlens_ptr=dummy_i)
         self.slots = sm_slots(plan.num_sms)
         # counters start at zero once; the kernel's last CTA re-zeroes them after every launch
         self.sched = torch.zeros(3 * self.slots + 4, device=dev, dtype=torch.int32)
         self.trace = trace if trace is not None else torch.zeros(1, device=dev, dtype=torch.int64)
         self.smid_table = smid_table if smid_table is not None else dummy_i
+        kw.update(qk_scale=spec.sm_scale * LOG2E, n_prefill_ctas=plan.n_prefill_ctas,
+                  n_decode_ctas=plan.n_decode_ctas, prefill_ratio=plan.prefill_ratio,
+                  decode_ratio=plan.decode_ratio, sched_ptr=self.sched, smid_table=self.smid_table,
+                  trace_ptr=self.trace)
+        self.kwargs = kw
         t = plan.tiles
-        self.args = p_args + d_args + [
-            spec.sm_scale * LOG2E, plan.n_prefill_ctas, plan.n_decode_ctas, plan.prefill_ratio,
-            plan.decode_ratio, self.sched, self.smid_table, self.trace]
         self.meta = dict(D=m.head_dim, CAUSAL=spec.causal, BM=t.block_m, BN=t.block_n, PAGED_P=paged,
                          TMA_P=self.do_p and plan.prefill_tma and not paged,
                          BH=t.decode_rows, BN_D=t.decode_n, V=t.virtual, PAGED_D=paged, DS=t.decode_stages,
@@ -125,47 +142,56 @@ class _Launch:
                          TRACE=trace is not None, BINDING=plan.binding, num_warps=t.num_warps, num_stages=t.num_stages)
         if t.maxnreg and not interpreting():
             self.meta["maxnreg"] = t.maxnreg
-        n_rows_p = spec.prefill_len * m.q_heads if split_p else 0
-        n_rows_d = spec.decode_batch * m.q_heads if split_d else 0
-        self.merge_blocks_p = triton.cdiv(n_rows_p, MERGE_ROWS)
-        self.merge_grid = self.merge_blocks_p + triton.cdiv(n_rows_d, MERGE_ROWS)
-        self.merge_args = [self.po_p, self.plse_p, self.out_p, n_rows_p, sp,
-                           self.po_d, self.plse_d, self.out_d, n_rows_d, sd, self.merge_blocks_p]
+        # CTAs of a launch in the plan's mode: one part's in MODE_PREFILL/MODE_DECODE, else both
+        self.grid = {MODE_PREFILL: plan.n_prefill_ctas, MODE_DECODE: plan.n_decode_ctas}.get(
+            plan.mode, plan.n_prefill_ctas + plan.n_decode_ctas)
 
-    def launch(self, mode: int, grid: int):
+    @property
+    def po_p(self):
+        return self.merger.partials("p")[0]
+
+    @property
+    def po_d(self):
+        return self.merger.partials("d")[0]
+
+    @property
+    def args(self) -> PositionalArgs:
+        return PositionalArgs(self.kwargs, _POD_PARAMS)
+
+    @args.setter
+    def args(self, values):
+        self.args.assign(values)
+
+    @property
+    def merge_args(self) -> PositionalArgs:
+        return PositionalArgs(self.merger.kwargs, _MERGE_PARAMS)
+
+    @merge_args.setter
+    def merge_args(self, values):
+        self.merge_args.assign(values)
+
+    def launch(self, mode: int | None = None, grid: int | None = None):
+        """One launch of ``pod_kernel`` (by default in the plan's mode, with its grid)."""
+        mode = self.plan.mode if mode is None else mode
+        grid = self.grid if grid is None else grid
         if grid > 0:
-            pod_kernel[(grid,)](*self.args, MODE=mode, **self.meta)
+            pod_kernel[(grid,)](**self.kwargs, MODE=mode, **self.meta)
 
-    def merge(self):
-        if self.merge_grid:
-            merge_kernel[(self.merge_grid,)](*self.merge_args, D=self.meta["D"], BR=MERGE_ROWS, num_warps=4)
 
-    def outputs(self) -> dict:
-        out = {}
-        if self.do_p:
-            out["prefill"] = self.out_p
-        if self.do_d:
-            out["decode"] = self.out_d
-        return out
+_Launch = PodLaunch  # the name serving/backends.py imports
 
 
 def prepare_launch(batch: HybridBatch, plan: LaunchPlan, paged: bool = False,
                    smid_table: torch.Tensor | None = None, trace: torch.Tensor | None = None):
-    """Allocate everything for ``plan`` and return a zero-argument callable running it: mode 0 or 1
-    runs one part, 2 and 3 both parts in one launch (plus the split merge when there are splits).
+    """Allocate everything for ``plan`` and return a zero-argument callable running it: MODE_PREFILL
+    or MODE_DECODE runs one part, MODE_CTA and MODE_POD both parts in one launch (plus the split
+    merge when there are splits).
     ``smid_table`` replaces %smid per CTA (tests); ``trace`` (int64, grid x 5) records each CTA's
     op, logical CTA, SM, start and end time (ns)."""
-    L = _Launch(batch, plan, paged, smid_table, trace)
-    grid = plan.n_prefill_ctas + plan.n_decode_ctas
-    if plan.mode == MODE_PREFILL:
-        grid = plan.n_prefill_ctas
-    elif plan.mode == MODE_DECODE:
-        grid = plan.n_decode_ctas
+    L = PodLaunch(batch, plan, paged, smid_table, trace)
 
     def run():
-        L.launch(plan.mode, grid)
-        L.merge()
-        return L.outputs()
+        return L()
 
     run.launch_state = L
     return run
@@ -204,5 +230,5 @@ def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan, plan_d: LaunchPlan, p
     return run_streams
 
 
-__all__ = ["prepare_launch", "prepare_serial", "num_sms", "interpreting", "tma_capable", "MODE_PREFILL", "MODE_DECODE",
+__all__ = ["PodLaunch", "prepare_launch", "prepare_serial", "num_sms", "interpreting", "tma_capable", "MODE_PREFILL", "MODE_DECODE",
            "MODE_CTA", "MODE_POD"]

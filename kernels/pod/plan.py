@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from kernels.common.splitkv import flash_split_heuristic  # noqa: F401  (re-exported: tests, scripts)
 from kernels.workload import BatchSpec
 
 # Machine balance (FLOP per byte) used by the automatic 2-vs-4 CTA choice when the caller gives
@@ -20,7 +21,18 @@ DEFAULT_MACHINE_BALANCE = 295.0
 # 0.882 at 0.4), and leaving one model out at a time picks 0.22-0.29. Before, with the loop 2 deep,
 # 0.4 won (results/raw/pod_ctas_rule).
 PREFILL_DOMINANCE = 0.25
-# kernel's BINDING constexpr = index here
+# How the CTAs of one launch of ``pod_kernel`` find their work (its MODE constexpr).
+MODE_PREFILL = 0   # prefill tiles only
+MODE_DECODE = 1    # decode tiles only
+MODE_CTA = 2       # both parts, CTA-parallel: the block index decides (prefill CTAs first)
+MODE_POD = 3       # both parts, SM-aware: each CTA binds itself to a part at run time (BINDING)
+MODES = (MODE_PREFILL, MODE_DECODE, MODE_CTA, MODE_POD)
+FUSED_MODES = (MODE_CTA, MODE_POD)
+
+# How a POD CTA picks its part (the kernel's BINDING constexpr = index in BINDINGS).
+BINDING_TICKET = 0     # the paper's per-SM ticket modulo the policy's P+D
+BINDING_RESIDENT = 1   # the part furthest below its P:D share of the CTAs running on this SM now
+BINDING_PROGRESS = 2   # the part that has handed out the smaller fraction of its CTAs
 BINDINGS = ("ticket", "resident", "progress")
 
 
@@ -143,7 +155,7 @@ class PodConfig:
 class LaunchPlan:
     """Everything a launch needs besides the tensors."""
 
-    mode: int
+    mode: int                  # MODE_PREFILL, MODE_DECODE, MODE_CTA or MODE_POD
     tiles: Tiles
     ctas_per_sm: int
     n_mblocks: int = 0
@@ -164,24 +176,6 @@ class LaunchPlan:
         d = asdict(self)
         d["tiles"] = asdict(self.tiles)
         return d
-
-
-def flash_split_heuristic(work_ctas: int, slots: int, n_blocks: int, max_splits: int = 128) -> int:
-    """FlashDecoding's split count: none when the work already fills most of a wave; otherwise the
-    smallest split count whose wave efficiency is within 85% of the best."""
-    if work_ctas <= 0 or n_blocks <= 1 or work_ctas >= 0.8 * slots:
-        return 1
-    max_splits = max(1, min(max_splits, slots, n_blocks))
-
-    def eff(s):
-        waves = work_ctas * s / slots
-        return waves / math.ceil(waves)
-
-    def distinct(s):  # a split count that does not change blocks per split is no new option
-        return s == 1 or math.ceil(n_blocks / s) != math.ceil(n_blocks / (s - 1))
-
-    best = max(eff(s) for s in range(1, max_splits + 1) if distinct(s))
-    return next(s for s in range(1, max_splits + 1) if distinct(s) and eff(s) >= 0.85 * best)
 
 
 def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
@@ -223,11 +217,11 @@ def policy_ratio(policy: str, n_prefill: int, n_decode: int, ctas_per_sm: int) -
 
 def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None = None,
               kind: str | None = None) -> LaunchPlan:
-    """Plan one launch of ``pod_kernel`` in ``mode`` (0 prefill, 1 decode, 2 CTA-parallel, 3 POD)."""
+    """Plan one launch of ``pod_kernel`` in ``mode`` (MODE_PREFILL, MODE_DECODE, MODE_CTA or MODE_POD)."""
     cfg = config or PodConfig()
     m = spec.model
     if kind is None:
-        kind = {0: "prefill", 1: "decode"}.get(mode, "fused")
+        kind = {MODE_PREFILL: "prefill", MODE_DECODE: "decode"}.get(mode, "fused")
     if kind == "fused":
         cps = cfg.ctas_per_sm if cfg.ctas_per_sm != "auto" else choose_ctas_per_sm(
             spec, cfg.machine_balance or DEFAULT_MACHINE_BALANCE)
@@ -248,7 +242,7 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
     slots = num_sms * cps
 
     n_decode_items = n_decode_ctas = n_hblocks = 0
-    if spec.has_decode and mode != 0:
+    if spec.has_decode and mode != MODE_PREFILL:
         n_hblocks = math.ceil(m.group_size / t.decode_rows)
         base_items = spec.decode_batch * m.kv_heads * n_hblocks
         if cfg.decode_split == "auto":
@@ -262,7 +256,7 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
         n_decode_ctas = math.ceil(n_decode_items / t.virtual)
         plan.update(n_hblocks=n_hblocks, n_splits_d=s_d, n_items=n_decode_items, n_decode_ctas=n_decode_ctas)
 
-    if spec.has_prefill and mode != 1:
+    if spec.has_prefill and mode != MODE_DECODE:
         n_mblocks = math.ceil(spec.prefill_len / t.block_m)
         work = m.q_heads * n_mblocks
         n_blocks = math.ceil(spec.prefill_kv_len / t.block_n)
@@ -273,7 +267,7 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
             limit = cfg.prefill_split
             if limit == "auto":
                 limit = "limited" if cps == 2 else "two_waves"
-            if limit in ("limited", "two_waves") and mode in (2, 3):
+            if limit in ("limited", "two_waves") and mode in FUSED_MODES:
                 # paper 4.2.4: at most two full waves of prefill CTAs
                 s_p = min(s_p, max(1, (2 * num_sms) // work))
                 if limit == "limited" and n_decode_ctas >= 2 * num_sms:
@@ -281,7 +275,7 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
                 notes["prefill_split_vanilla"] = flash_split_heuristic(work, slots, n_blocks)
         plan.update(n_mblocks=n_mblocks, n_splits_p=s_p, n_prefill_ctas=work * s_p)
 
-    if mode in (2, 3):
+    if mode in FUSED_MODES:
         p, d = policy_ratio(cfg.policy, plan.get("n_prefill_ctas", 0), n_decode_ctas, cps)
         plan.update(prefill_ratio=p, decode_ratio=d)
     plan["notes"] = notes

@@ -6,7 +6,7 @@ localrules:
 rule aggregate:
     """Raw shards -> wide per-batch table (filter, speedups, physical limit) and summary."""
     input:
-        experiment="experiments/{exp}.yaml",
+        experiment=experiment_yaml_of,
         raw=raw_csvs,
         ncu=ncu_csv,
     output:

@@ -1,7 +1,7 @@
 rule build:
     """Compile and warm every kernel the experiment uses (FlashInfer JIT, Triton) before timing."""
     input:
-        experiment="experiments/{exp}.yaml",
+        experiment=experiment_yaml_of,
     output:
         f"{RESULTS}/build/{{exp}}.json",
     log:
@@ -9,9 +9,9 @@ rule build:
     params:
         flags=RUN_FLAGS,
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
     conda:
         "../envs/harness.yaml"
     shell:
         # progress lines (what compiles, for which shapes) go to the console and to the log
-        "python -u -m kernels.build {input.experiment} --out {output} {params.flags} 2>&1 | tee {log}"
+        "python -u -m experiments.build {input.experiment} --out {output} {params.flags} 2>&1 | tee {log}"

@@ -18,8 +18,12 @@ SHARDS = config["shards"]
 # Logs of a run beside its results; a rebuild from the shipped results logs outside the tracked
 # results/ (git-ignored logs/), so that `make figures` changes no tracked file but a table or figure.
 LOGS = "logs/shipped" if SHIPPED else f"{RESULTS}/logs"
+# GPUs a GPU rule's job holds: the local profile's `gpu` slot, and --gpus=1 under SLURM. Smoke jobs
+# run on the CPU and hold none, so that they also run where there is no GPU at all (a cluster's CPU
+# partition, CI).
+GPU_JOB = 0 if SMOKE else 1
 
-# Flags of the GPU-side commands (kernels.build and experiments.run).
+# Flags of the GPU-side commands (experiments.build and experiments.run).
 RUN_FLAGS = "--smoke --device cpu" if SMOKE else f"--device {config['device']}"
 # The same smoke flag for analysis and plotting (they read the experiment's smoke overrides).
 SMOKE_FLAG = "--smoke" if SMOKE else ""
@@ -30,10 +34,26 @@ NO_GPU_MESSAGE = (
     "workflow on tiny shapes on the CPU)."
 )
 
-# Every experiments/*.yaml but the model catalogue is one experiment (one figure or table).
-EXPERIMENTS = sorted(
+# Two groups of experiments, each YAML one experiment with a target of its name: the paper's
+# targets (experiments/<name>.yaml but the model catalogue; `all`) and the tuning studies
+# (experiments/studies/<name>.yaml; `studies`). Rules find a YAML by name: experiment_yaml().
+PAPER_TARGETS = sorted(
     Path(p).stem for p in glob.glob("experiments/*.yaml") if Path(p).name != "models.yaml"
 )
+STUDIES = sorted(Path(p).stem for p in glob.glob("experiments/studies/*.yaml"))
+if set(PAPER_TARGETS) & set(STUDIES):
+    raise WorkflowError(f"experiments/ and experiments/studies/ both define {sorted(set(PAPER_TARGETS) & set(STUDIES))}")
+EXPERIMENTS = PAPER_TARGETS + STUDIES
+
+
+def experiment_yaml(exp):
+    """The YAML of experiment (paper target or study) ``exp``."""
+    return f"experiments/studies/{exp}.yaml" if exp in STUDIES else f"experiments/{exp}.yaml"
+
+
+def experiment_yaml_of(wildcards):
+    """Input function: the YAML of the job's experiment."""
+    return experiment_yaml(wildcards.exp)
 
 
 wildcard_constraints:
@@ -64,16 +84,12 @@ def experiment_section(exp, key):
     """The <key>: section of experiments/<exp>.yaml (with its smoke: override in smoke runs), or
     None, also for targets without such a YAML (figure 7's microbenchmark), which Snakemake may
     still test against the attention rules before the rule order picks its own."""
-    import yaml
+    from experiments.spec import section  # the one reader of experiment YAML (no torch)
 
-    path = Path(f"experiments/{exp}.yaml")
-    if not path.exists():
+    path = Path(experiment_yaml(exp))
+    if exp not in EXPERIMENTS or not path.exists():
         return None
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
-    if SMOKE and key in (doc.get("smoke") or {}):
-        return doc["smoke"][key]
-    return doc.get(key)
+    return section(path, key, smoke=SMOKE)
 
 
 def has_profile(exp):
@@ -137,15 +153,25 @@ def experiment_targets(exp):
     ]
 
 
+def with_results(names):
+    """The experiments among ``names`` to build; with shipped results, only those that have some."""
+    if not SHIPPED:
+        return list(names)
+    present = [e for e in names if shipped_raw(e)]
+    skipped = sorted(set(names) - set(present))
+    if skipped:
+        logger.warning(f"no shipped results for {', '.join(skipped)}: skipped")
+    return present
+
+
 def all_targets():
-    """Targets of `all`; with shipped results, only the experiments that have some."""
-    experiments = EXPERIMENTS
-    if SHIPPED:
-        experiments = [e for e in EXPERIMENTS if shipped_raw(e)]
-        skipped = sorted(set(EXPERIMENTS) - set(experiments))
-        if skipped:
-            logger.warning(f"no shipped results for {', '.join(skipped)}: skipped")
-    return [f for e in experiments for f in experiment_targets(e)]
+    """Targets of `all`: the paper targets' tables and figures (figure 7: microbench_targets)."""
+    return [f for e in with_results(PAPER_TARGETS) for f in experiment_targets(e)]
+
+
+def study_targets():
+    """Targets of `studies`: every tuning study's tables and figure."""
+    return [f for e in with_results(STUDIES) for f in experiment_targets(e)]
 
 
 def require_gpu_if_needed():
@@ -164,7 +190,7 @@ def require_gpu_if_needed():
         raise WorkflowError(NO_GPU_MESSAGE)
 
 
-# A target per experiment, named after it (`snakemake figure11`).
+# A target per experiment, paper target or study, named after it (`snakemake figure11`, `snakemake pod_knobs`).
 for _exp in EXPERIMENTS:
 
     rule:
@@ -191,3 +217,18 @@ def microbench_targets():
         logger.warning("no shipped results for figure7: skipped")
         return []
     return [f"{RESULTS}/tables/figure7.csv", f"{RESULTS}/tables/figure7_summary.csv", f"{RESULTS}/figures/figure7.png"]
+
+
+# Reports (workflow/rules/report.smk): the experiments whose tables each report reads.
+def tabled(names, targets):
+    """The experiments among ``names`` whose summary table is one of ``targets``."""
+    return [e for e in names if f"{RESULTS}/tables/{e}_summary.csv" in targets]
+
+
+def report_inputs(names):
+    """The wide and summary tables of these experiments."""
+    return [f"{RESULTS}/tables/{e}{suffix}.csv" for e in names for suffix in ("", "_summary")]
+
+
+REPORT_NAMES = tabled(PAPER_TARGETS + ["figure7"], all_targets() + microbench_targets())
+STUDY_REPORT_NAMES = tabled(STUDIES, study_targets())

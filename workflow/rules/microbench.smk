@@ -29,7 +29,7 @@ if not SHIPPED:
         log:
             f"{LOGS}/sweep/figure7.log",
         resources:
-            gpu=1,
+            gpu=GPU_JOB,
         conda:
             "../envs/harness.yaml"
         shell:

@@ -7,7 +7,7 @@ rule plot:
     with a timeline: section also get their CTA timeline tables."""
     input:
         unpack(timeline_plot_inputs),
-        experiment="experiments/{exp}.yaml",
+        experiment=experiment_yaml_of,
         table=f"{RESULTS}/tables/{{exp}}.csv",
         summary=f"{RESULTS}/tables/{{exp}}_summary.csv",
     output:

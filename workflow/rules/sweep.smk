@@ -1,7 +1,7 @@
 rule sweep_shard:
     """Time every method on shard {i} of {n} of the experiment's hybrid batches (one GPU job)."""
     input:
-        experiment="experiments/{exp}.yaml",
+        experiment=experiment_yaml_of,
         build=f"{RESULTS}/build/{{exp}}.json",
     output:
         f"{RESULTS}/raw/{{exp}}/shard-{{i}}-of-{{n}}.csv",
@@ -11,7 +11,7 @@ rule sweep_shard:
         flags=RUN_FLAGS,
         journal=f"{RESULTS}/journal/{{exp}}/shard-{{i}}-of-{{n}}.csv",
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
     conda:
         "../envs/harness.yaml"
     shell:
@@ -26,14 +26,14 @@ rule profile_ncu:
     """Nsight Compute counters of one call per (hybrid batch, method), for experiments with a
     profile: section (one GPU job; every call in a child process under ncu)."""
     input:
-        experiment="experiments/{exp}.yaml",
+        experiment=experiment_yaml_of,
         build=f"{RESULTS}/build/{{exp}}.json",
     output:
         f"{RESULTS}/raw/{{exp}}/ncu/profile.csv",
     log:
         f"{LOGS}/profile/{{exp}}.log",
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
     conda:
         "../envs/harness.yaml"
     shell:
@@ -46,7 +46,7 @@ rule trace_timeline:
     method), for experiments with a timeline: section (one GPU job; smoke runs trace on the CPU,
     where the Triton interpreter records every time as 0)."""
     input:
-        experiment="experiments/{exp}.yaml",
+        experiment=experiment_yaml_of,
         build=f"{RESULTS}/build/{{exp}}.json",
     output:
         f"{RESULTS}/raw/{{exp}}/timeline/ctas.csv.gz",
@@ -55,7 +55,7 @@ rule trace_timeline:
     params:
         flags=RUN_FLAGS,
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
     conda:
         "../envs/harness.yaml"
     shell:

@@ -1,0 +1,171 @@
+"""Results report generated from the aggregated tables: every number is read from them, so the
+report cannot drift from what the figures show.
+
+    python -m analysis.report --tables results/tables --out results/REPORT.md figure11 figure1 ...
+    python -m analysis.report --studies --tables results/tables --out results/STUDIES.md pod_knobs ...
+
+Per experiment: the GPU and SM count of its rows, the number of hybrid batches (and how many the
+filter keeps), and the per-method summary of ``<exp>_summary.csv`` (analysis.aggregate). Figure 11
+adds, from its wide table, how often POD is faster than each other fused method on the kept
+batches; figure 7 (micro-benchmark) has its own summary columns. ``--studies`` writes the same for
+the tuning studies (experiments/studies/), each with what it measures (its YAML's description) and
+the command that reproduces it. The file is rewritten only when its text changes.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from analysis.atomic import write_text_if_changed
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_ORDER = ["figure1", "figure6", "figure7", "figure10", "figure11", "figure13", "figure14", "table7"]
+# figure 11: the fused methods POD is compared with, batch by batch, on the kept batches
+FIG11_RIVALS = ["FI_POD", "HFuse", "OURS_CTA", "OURS_Serial", "FI_Serial", "FA_Serial"]
+ROLE_ORDER = {"baseline": 0, "method": 1, "part": 2}
+
+LEGEND = """\
+How to read the tables: per method, over the batches the experiment's filter keeps, `n` batches,
+the mean / median / min / max of its speedup over the experiment's baseline (baseline time over the
+method's time: above 1 is faster), the share of batches where it is slower than the baseline, the
+share where it is at or below the best peer (the fastest of `FA_Serial`, `FI_Serial`, `FI_POD`,
+where the experiment has them), and the median fraction of the physical limit (max(bytes / HBM
+bandwidth, FLOPs / tensor peak) over the method's time). `role`: `baseline`, `method` (a way of
+running the whole hybrid batch) or `part` (prefill or decode alone). Column definitions:
+docs/ARCHITECTURE.md; README.md says what each figure shows.
+"""
+
+
+def speedup(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def share(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def experiment_yaml(name: str) -> Path:
+    for path in (ROOT / "experiments" / f"{name}.yaml", ROOT / "experiments" / "studies" / f"{name}.yaml",
+                 ROOT / "experiments" / "microbench" / f"{name}.yaml"):
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"no experiment YAML named {name}")
+
+
+def read_doc(name: str) -> dict:
+    with open(experiment_yaml(name)) as f:
+        return yaml.safe_load(f) or {}
+
+
+def machines(*frames) -> str:
+    """'GPU (N SMs)' for every (gpu_name, sm_count) in the frames."""
+    pairs = set()
+    for f in frames:
+        if f is not None and {"gpu_name", "sm_count"} <= set(f.columns):
+            pairs |= {(str(g), int(s)) for g, s in f[["gpu_name", "sm_count"]].dropna().itertuples(index=False)}
+    return ", ".join(f"{g} ({s} SMs)" for g, s in sorted(pairs)) or "unknown GPU"
+
+
+def summary_table(summary: pd.DataFrame, baseline: str) -> list[str]:
+    """Markdown rows of a per-method summary (analysis.aggregate's <exp>_summary.csv)."""
+    s = summary.copy()
+    s["_order"] = s["role"].map(ROLE_ORDER).fillna(3)
+    s = s.sort_values("_order", kind="stable")
+    lines = [f"| method | role | n | mean | median | min | max | slower than {baseline} | at or below best peer "
+             "| median fraction of the limit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s.itertuples(index=False):
+        lines.append(f"| {r.method} | {r.role} | {int(r.n)} | {speedup(r.mean_speedup)} | {speedup(r.median_speedup)} "
+                     f"| {speedup(r.min_speedup)} | {speedup(r.max_speedup)} | {share(r.frac_slower)} "
+                     f"| {share(r.frac_at_or_below_best_peer)} | {speedup(r.median_limit_fraction)} |")
+    return lines
+
+
+def pod_faster_shares(table: pd.DataFrame) -> dict:
+    """{rival: share of kept batches (with both timed) where POD's time is below the rival's}."""
+    kept = table[table["kept"].astype(bool)] if "kept" in table else table
+    out = {}
+    for rival in FIG11_RIVALS:
+        a, b = f"ms_POD", f"ms_{rival}"
+        if a in kept and b in kept:
+            both = kept[[a, b]].dropna()
+            if len(both):
+                out[rival] = ((both[a] < both[b]).sum(), len(both))
+    return out
+
+
+def attention_section(name: str, tables: Path) -> list[str]:
+    doc = read_doc(name)
+    table = pd.read_csv(tables / f"{name}.csv")
+    summary = pd.read_csv(tables / f"{name}_summary.csv")
+    baseline = doc.get("baseline") or "FA_Serial"
+    n_kept = int(table["kept"].astype(bool).sum()) if "kept" in table else len(table)
+    lines = [f"**GPU:** {machines(table, summary)}. **Batches:** {len(table)} hybrid batches, {n_kept} kept by "
+             f"the filter. **Baseline:** `{baseline}`. Source: `results/tables/{name}_summary.csv`.", ""]
+    lines += summary_table(summary, baseline)
+    if name == "figure11":
+        shares = pod_faster_shares(table)
+        if shares:
+            lines += ["", "POD faster than, on the kept batches where both were timed "
+                      f"(`ms_POD` < `ms_<method>` in `results/tables/{name}.csv`):", "",
+                      "| method | batches where POD is faster | share |", "|---|---|---|"]
+            lines += [f"| {m} | {k} of {n} | {share(k / n)} |" for m, (k, n) in shares.items()]
+    return lines
+
+
+def figure7_section(tables: Path) -> list[str]:
+    table = pd.read_csv(tables / "figure7.csv")
+    summary = pd.read_csv(tables / "figure7_summary.csv")
+    lines = [f"**GPU:** {machines(table)}. **Points:** {len(table)} compute shares. "
+             "Source: `results/tables/figure7_summary.csv`.", "",
+             "| variant | n | mean speedup over serial | min | max | mean time over the ideal | max time over the ideal |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples(index=False):
+        lines.append(f"| {r.variant} | {int(r.n)} | {speedup(r.mean_speedup_over_serial)} | {speedup(r.min_speedup)} "
+                     f"| {speedup(r.max_speedup)} | {speedup(r.mean_time_over_ideal)} | {speedup(r.max_time_over_ideal)} |")
+    return lines
+
+
+def render(names: list[str], tables: Path, studies: bool = False) -> str:
+    if studies:
+        out = ["# Tuning studies: results", "",
+               "Generated by `python -m analysis.report --studies` (`make studies` or `make figures`) from "
+               "`results/tables/`; do not edit. The studies are `experiments/studies/<name>.yaml`; "
+               "`make <name>` reruns one on a GPU, `make studies` all of them; "
+               "`results/raw/<name>/MANIFEST.md` says where and when each raw file was measured.", "", LEGEND]
+    else:
+        out = ["# Results of the paper targets", "",
+               "Generated by `python -m analysis.report` (`make figures`, `make all`) from `results/tables/`; "
+               "do not edit. Tuning studies: `results/STUDIES.md`. Where and when each raw file was measured: "
+               "`results/raw/<exp>/MANIFEST.md`.", "", LEGEND]
+    order = {n: i for i, n in enumerate(PAPER_ORDER)}
+    for name in sorted(names, key=lambda n: (order.get(n, len(order)), n)):
+        out += [f"## {name}", ""]
+        if studies:
+            doc = read_doc(name)
+            desc = " ".join(str(doc.get("description", "")).split())
+            rel = experiment_yaml(name).relative_to(ROOT)
+            out += [f"{desc} (`{rel}`; `make {name}`)", ""]
+        out += figure7_section(tables) if name == "figure7" else attention_section(name, tables)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="+", help="experiments (their tables must exist)")
+    p.add_argument("--tables", default="results/tables", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--studies", action="store_true", help="the tuning-studies report")
+    a = p.parse_args(argv)
+    changed = write_text_if_changed(a.out, render(a.names, a.tables, studies=a.studies))
+    print(f"{'wrote' if changed else 'unchanged'} {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

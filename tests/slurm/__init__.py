@@ -1,0 +1,1 @@
+"""A real single-node SLURM on this machine for tests (see cluster.py)."""

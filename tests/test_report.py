@@ -1,0 +1,112 @@
+"""analysis/report.py: every number of results/REPORT.md (and STUDIES.md) is the tables' own."""
+import math
+import re
+
+import pandas as pd
+import pytest
+
+from analysis import report
+
+TABLES = report.ROOT / "results" / "tables"
+PAPER = [n for n in report.PAPER_ORDER if (TABLES / f"{n}_summary.csv").exists()]
+
+
+def cells(text, heading):
+    """Rows (lists of cells) of the first markdown table under '## heading'."""
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    table = section[section.index("\n| "):].lstrip("\n").split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in r.strip("|").split("|")] for r in rows[1:] if not r.startswith("|---")]
+
+
+def num(cell):
+    """The number of a report cell ('1.2345', '41.45%', '–' = missing)."""
+    if cell == "–":
+        return math.nan
+    return float(cell[:-1]) / 100 if cell.endswith("%") else float(cell)
+
+
+def same(cell, value, digits):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return cell == "–"
+    return abs(num(cell) - value) <= 0.5 * 10 ** -digits + 1e-12
+
+
+@pytest.fixture(scope="module")
+def text():
+    return report.render(PAPER, TABLES)
+
+
+def test_shipped_report_is_what_the_tables_give():
+    """results/REPORT.md as committed is exactly what the generator writes from the tables."""
+    assert (report.ROOT / "results" / "REPORT.md").read_text() == report.render(PAPER, TABLES)
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER if n != "figure7"])
+def test_summary_numbers_equal_the_tables(text, name):
+    summary = pd.read_csv(TABLES / f"{name}_summary.csv").set_index("method")
+    rows = cells(text, name)
+    assert {r[0] for r in rows} == set(summary.index)
+    for r in rows:
+        s = summary.loc[r[0]]
+        assert r[1] == s["role"] and int(r[2]) == s["n"]
+        for cell, col in zip(r[3:7], ["mean_speedup", "median_speedup", "min_speedup", "max_speedup"]):
+            assert same(cell, s[col], 4), (name, r[0], col)
+        assert same(r[7], s["frac_slower"], 4) and same(r[8], s["frac_at_or_below_best_peer"], 4)
+        assert same(r[9], s["median_limit_fraction"], 4)
+    gpu = summary[["gpu_name", "sm_count"]].drop_duplicates().iloc[0]
+    section = text.split(f"## {name}\n", 1)[1]
+    assert f"{gpu['gpu_name']} ({int(gpu['sm_count'])} SMs)" in section.split("\n## ", 1)[0]
+
+
+def test_figure11_headline(text):
+    """The issue's drift examples are the table's values, and POD's faster-than shares are counted."""
+    rows = {r[0]: r for r in cells(text, "figure11")}
+    summary = pd.read_csv(TABLES / "figure11_summary.csv").set_index("method")
+    assert rows["FA_BackToBack"][7] == f"{100 * summary.loc['FA_BackToBack', 'frac_slower']:.2f}%"
+    assert rows["FI_Batched_auto"][3] == f"{summary.loc['FI_Batched_auto', 'mean_speedup']:.4f}"
+    table = pd.read_csv(TABLES / "figure11.csv")
+    kept = table[table["kept"]]
+    assert f"{len(table)} hybrid batches, {len(kept)} kept" in text
+    section = text.split("## figure11\n", 1)[1].split("\n## ", 1)[0]
+    for rival in ("FI_POD", "HFuse", "OURS_CTA"):
+        both = kept[["ms_POD", f"ms_{rival}"]].dropna()
+        k = int((both["ms_POD"] < both[f"ms_{rival}"]).sum())
+        assert f"| {rival} | {k} of {len(both)} |" in section
+
+
+def test_figure7_numbers(text):
+    summary = pd.read_csv(TABLES / "figure7_summary.csv").set_index("variant")
+    for r in cells(text, "figure7"):
+        s = summary.loc[r[0]]
+        assert int(r[1]) == s["n"]
+        for cell, col in zip(r[2:], ["mean_speedup_over_serial", "min_speedup", "max_speedup",
+                                     "mean_time_over_ideal", "max_time_over_ideal"]):
+            assert same(cell, s[col], 4), (r[0], col)
+
+
+def test_studies_report_has_every_study_with_tables():
+    studies = sorted(p.stem for p in (report.ROOT / "experiments" / "studies").glob("*.yaml")
+                     if (TABLES / f"{p.stem}_summary.csv").exists())
+    text = report.render(studies, TABLES, studies=True)
+    for name in studies:
+        assert f"## {name}\n" in text and f"`make {name}`" in text
+        summary = pd.read_csv(TABLES / f"{name}_summary.csv")
+        assert len(cells(text, name)) == len(summary)
+    shipped = report.ROOT / "results" / "STUDIES.md"
+    assert shipped.read_text() == text
+    assert re.search(r"NVIDIA H200 \(132 SMs\)", text)  # the Hopper-native kernel's checks
+
+
+def test_manifests_are_current():
+    """Every results/raw/<exp>/MANIFEST.md is what analysis.manifest writes from the files and
+    results/raw/commands.yaml, and every raw file has a command."""
+    from analysis import manifest
+
+    assert manifest.main(["--check"]) == 0
+    cmds = manifest.commands()
+    for folder in sorted(p for p in manifest.RAW.iterdir() if p.is_dir()):
+        for f in folder.rglob("*"):
+            if f.is_file() and f.name != manifest.MANIFEST:
+                cmd, note = manifest.command_for(folder.name, f.relative_to(folder).as_posix(), cmds.get(folder.name))
+                assert cmd, f
