@@ -20,8 +20,8 @@ $(PAPER_TARGETS) $(STUDIES):  ## one experiment on this machine's GPU, e.g. `mak
 figures:  ## no GPU: rebuild every table, figure and report from results/raw/ (files change only if their content does)
 	$(SNAKEMAKE) all studies --forceall --config use_shipped_results=true
 
-smoke:  ## no GPU: the whole workflow on each experiment's smoke section, into results-smoke/
-	$(SNAKEMAKE) all --config smoke=true
+smoke:  ## no GPU: the whole workflow on every paper target's and study's smoke section, into results-smoke/
+	$(SNAKEMAKE) all studies --config smoke=true
 
 test:  ## unit tests, workflow lint and the CPU smoke run of the whole workflow
 	$(PYTHON) -m pytest -q
