@@ -443,7 +443,7 @@ class POD(AttentionBackend):
         self.last_plan = None
 
     def begin(self, meta):
-        from kernels.pod.launch import MODE_DECODE, MODE_POD, MODE_PREFILL, _Launch, num_sms
+        from kernels.pod.launch import MODE_DECODE, MODE_POD, MODE_PREFILL, PodLaunch, num_sms
         from kernels.pod.plan import make_plan
         from kernels.workload import BatchSpec, ModelShape
 
@@ -473,18 +473,19 @@ class POD(AttentionBackend):
         k0, v0 = self.cache.layer(0)
         q0 = torch.empty((meta.num_tokens, c.q_heads, c.head_dim), dtype=self.cache.dtype, device=dev)
         view = _PodView(spec, dev, q0, k0, v0, seqlens, bt_d, bt_p)
-        launch = _Launch(view, plan, True)
-        # one output buffer (T, H, d) whose halves are the launch's prefill and decode outputs
+        launch = PodLaunch(view, plan, True)
+        # one output buffer (T, H, d) whose halves are the launch's prefill and decode outputs, for
+        # the kernel and for the merge of split partials alike
         self._out = torch.empty_like(q0)
         swap = {}
         if launch.do_p:
             swap[id(launch.out_p)] = self._out[:lp]
         if launch.do_d:
             swap[id(launch.out_d)] = self._out[lp:]
-        launch.args = [swap.get(id(a), a) for a in launch.args]
-        launch.merge_args = [swap.get(id(a), a) for a in launch.merge_args]
-        # argument slots to re-point per layer
-        self._slots = {key: [i for i, a in enumerate(launch.args) if a is obj]
+        for kwargs in (launch.kwargs, launch.merger.kwargs):
+            kwargs.update({name: swap[id(a)] for name, a in kwargs.items() if id(a) in swap})
+        # the kernel arguments to re-point at each layer's queries and K/V, by name
+        self._slots = {key: [name for name, a in launch.kwargs.items() if a is obj]
                        for key, obj in (("qp", view.q_p), ("qd", view.q_d), ("k", k0), ("v", v0))}
         self._launch, self._mode, self._lp = launch, mode, lp
         self._grid = plan.n_prefill_ctas + plan.n_decode_ctas if mode == MODE_POD else (
@@ -494,8 +495,8 @@ class POD(AttentionBackend):
         L, lp = self._launch, self._lp
         k, v = self.cache.layer(li)
         for key, t in (("qp", q[:lp]), ("qd", q[lp:]), ("k", k), ("v", v)):
-            for i in self._slots[key]:
-                L.args[i] = t
+            for name in self._slots[key]:
+                L.kwargs[name] = t
         _mark(timer, "attention:begin")
         L.launch(self._mode, self._grid)
         L.merge()

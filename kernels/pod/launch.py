@@ -11,7 +11,6 @@ import os
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels.common.args import PositionalArgs, param_names
 from kernels.common.merge import MERGE_ROWS, MergedLaunch, SplitMerge, merge_kernel  # noqa: F401
 from kernels.common.splitkv import LOG2E
 from kernels.workload import HybridBatch
@@ -53,7 +52,6 @@ def _kv_descriptor(kv: torch.Tensor, block_n: int) -> TensorDescriptor:
 
 # Arguments of an absent part (a mode or batch without it): never read by the kernel, but every
 # parameter needs a value. The pointers get 1-element stand-ins; these are the scalars.
-_POD_PARAMS, _MERGE_PARAMS = param_names(pod_kernel), param_names(merge_kernel)
 _NO_PREFILL = dict(Lq=0, Lk=0, n_mblocks=0, n_splits_p=1, page_size_p=1, s_qpt=0, s_qph=0, s_kpp=0, s_kpt=0,
                    s_kph=0, s_vpp=0, s_vpt=0, s_vph=0, s_opt=0, s_oph=0)
 _NO_DECODE = dict(B=0, n_hblocks=0, n_splits_d=1, n_items=0, page_size_d=1, btd_stride=0, s_qdb=0, s_qdh=0,
@@ -154,31 +152,12 @@ class PodLaunch(MergedLaunch):
     def po_d(self):
         return self.merger.partials("d")[0]
 
-    @property
-    def args(self) -> PositionalArgs:
-        return PositionalArgs(self.kwargs, _POD_PARAMS)
-
-    @args.setter
-    def args(self, values):
-        self.args.assign(values)
-
-    @property
-    def merge_args(self) -> PositionalArgs:
-        return PositionalArgs(self.merger.kwargs, _MERGE_PARAMS)
-
-    @merge_args.setter
-    def merge_args(self, values):
-        self.merge_args.assign(values)
-
     def launch(self, mode: int | None = None, grid: int | None = None):
         """One launch of ``pod_kernel`` (by default in the plan's mode, with its grid)."""
         mode = self.plan.mode if mode is None else mode
         grid = self.grid if grid is None else grid
         if grid > 0:
             pod_kernel[(grid,)](**self.kwargs, MODE=mode, **self.meta)
-
-
-_Launch = PodLaunch  # the name serving/backends.py imports
 
 
 def prepare_launch(batch: HybridBatch, plan: LaunchPlan, paged: bool = False,
