@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from analysis.atomic import save_figure, write_csv
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -82,9 +84,9 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     t = table(pd.read_csv(Path(a.root) / "figure12" / "summary.csv"))
     if a.table:
-        t.to_csv(a.table, index=False)
+        write_csv(t, a.table, index=False)
     fig = plot(t)
-    fig.savefig(a.out, dpi=130)
+    save_figure(fig, a.out, dpi=130)
     print(t.to_string(index=False))
 
 

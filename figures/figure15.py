@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from analysis.atomic import save_figure, write_csv
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -54,8 +56,8 @@ def main(argv=None) -> None:
     summary = pd.read_csv(Path(a.root) / "figure15" / "summary.csv")
     t = table(summary)
     if a.table:
-        t.to_csv(a.table, index=False)
-    plot(t, ", ".join(sorted(set(summary["model"])))).savefig(a.out, dpi=130)
+        write_csv(t, a.table, index=False)
+    save_figure(plot(t, ", ".join(sorted(set(summary["model"])))), a.out, dpi=130)
     print(t.to_string(index=False))
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from analysis.atomic import save_figure, write_csv
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -62,8 +64,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     t = table(Path(a.root))
     if a.table:
-        t.to_csv(a.table, index=False)
-    plot(t).savefig(a.out, dpi=130)
+        write_csv(t, a.table, index=False)
+    save_figure(plot(t), a.out, dpi=130)
     cols = [c for c in ("backend", "context", "total_s", "prefill_attention_s", "decode_attention_s", "fused_attention_s",
                         "other_s", "attention_share_pct") if c in t]
     print(t[cols].to_string(index=False))

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from analysis.atomic import write_csv
+
 import pandas as pd
 
 COLS = ["ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "request_latency_p50", "request_latency_p99",
@@ -57,7 +59,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     root = Path(a.root) / "table5"
     t = table(pd.read_csv(root / "summary.csv"))
-    t.to_csv(a.out, index=False)
+    write_csv(t, a.out, index=False)
     val = pd.read_csv(root / "validation.csv") if (root / "validation.csv").exists() else None
     if a.markdown:
         try:
