@@ -89,6 +89,9 @@ class AttentionBackend:
     name: ClassVar[str] = ""
     devices: ClassVar[tuple] = ("cuda",)
     description: ClassVar[str] = ""
+    # the kernel-registry methods (kernels/registry.py) whose kernels this backend calls: the build
+    # step warms (JIT-compiles) them before any timed run (serving.run --stage build)
+    kernel_methods: ClassVar[tuple] = ()
 
     def __init__(self, cfg: LlamaConfig, cache: KVCache, **options):
         self.cfg, self.cache, self.options = cfg, cache, options
@@ -166,6 +169,7 @@ class FASerial(AttentionBackend):
     the same (impl ``torch_sdpa_cpu``)."""
 
     name = "FA_Serial"
+    kernel_methods = ("FA_prefill", "FA_decode")
     devices = ("cuda", "cpu")
     description = "FlashAttention-2 prefill, then FlashAttention-2 decode"
 
@@ -303,6 +307,7 @@ class _FlashInferBackend(AttentionBackend):
 @register
 class FISerial(_FlashInferBackend):
     name = "FI_Serial"
+    kernel_methods = ("FI_prefill_fa2", "FI_decode")
     description = "FlashInfer batch prefill over the paged cache, then batch decode (tensor cores)"
 
     def __init__(self, cfg, cache, prefill_backend: str = "fa2", **options):
@@ -334,6 +339,7 @@ class FISerial(_FlashInferBackend):
 @register
 class FIBatched(_FlashInferBackend):
     name = "FI_Batched"
+    kernel_methods = ("FI_Batched_fa2",)
     description = "FlashInfer one batch-prefill call (fa2) over the prefill chunks and the one-token decodes"
 
     def __init__(self, cfg, cache, prefill_backend: str = "fa2", **options):
@@ -359,6 +365,7 @@ class FIPOD(FISerial):
     kernels and are counted in ``info()['fallback_iterations']``."""
 
     name = "FI_POD"
+    kernel_methods = ("FI_POD", "FI_prefill_fa2", "FI_decode")
     description = "FlashInfer POD-Attention: dense causal prefill fused with paged batch decode"
 
     def __init__(self, cfg, cache, **options):
@@ -418,6 +425,7 @@ class POD(AttentionBackend):
     On the CPU it needs TRITON_INTERPRET=1 (slow: tests use the tiny model)."""
 
     name = "POD"
+    kernel_methods = ("OURS_prefill", "OURS_decode", "POD")
     devices = ("cuda", "cpu")
     description = "our POD-Attention kernel (Triton), SM-aware CTA scheduling"
 

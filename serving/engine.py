@@ -168,36 +168,54 @@ class Engine:
         specs = [RequestSpec(i, max(1, min(p, cap)), output_len) for i, p in enumerate(prompt_lens)]
         self.run(specs, cfg)
 
-    def breakdown(self, prefill_tokens: int, prefill_kv: int, num_decodes: int, decode_ctx: int,
-                  repeats: int = 5) -> dict:
-        """Time one hybrid iteration (a prefill chunk of ``prefill_tokens`` ending at key
-        ``prefill_kv``, plus ``num_decodes`` decodes of ``decode_ctx`` keys): total and per
-        attention part (figure 4), medians over ``repeats`` runs after one warm-up."""
+    def synthetic_batch(self, prefill_tokens: int, prefill_kv: int, num_decodes: int, decode_ctx: int) -> Batch:
+        """One iteration's batch built directly (no scheduler): a prefill chunk of ``prefill_tokens``
+        ending at key ``prefill_kv`` (none if 0) plus ``num_decodes`` decodes of ``decode_ctx`` keys,
+        their KV blocks reserved in a fresh pool. Raises MemoryError when they do not fit."""
         pool = self.fresh_pool()
-        need = pool.blocks_for(prefill_kv + 2) + num_decodes * pool.blocks_for(decode_ctx + 4)
+        need = (pool.blocks_for(prefill_kv + 2) if prefill_tokens else 0) + num_decodes * pool.blocks_for(decode_ctx + 4)
         if need > pool.num_blocks:
             raise MemoryError(f"{num_decodes} decodes of {decode_ctx} keys and a {prefill_kv}-key prefill need "
                               f"{need} KV blocks; the cache has {pool.num_blocks}")
-        pre = Request(RequestSpec(0, prefill_kv, 2))
-        pool.allocate(0, prefill_kv + 2)
+        works = []
+        if prefill_tokens:
+            pre = Request(RequestSpec(0, prefill_kv, 2))
+            pool.allocate(0, prefill_kv + 2)
+            works.append(Work(pre, prefill_kv - prefill_tokens, prefill_tokens, True, True))
         decs = []
         for i in range(num_decodes):
             r = Request(RequestSpec(i + 1, decode_ctx - 1, 4))
             pool.allocate(r.rid, decode_ctx + 4)
             decs.append(Work(r, decode_ctx - 1, 1, False, True))
-        works = [Work(pre, prefill_kv - prefill_tokens, prefill_tokens, True, True)] if prefill_tokens else []
-        batch = Batch(works, decs)
+        return Batch(works, decs)
+
+    def time_batch(self, batch: Batch, repeats: int = 5, parts: bool = False) -> list[dict]:
+        """Execute ``batch`` once untimed, then ``repeats`` times, each timed as the serving loop
+        times an iteration (wall time to the sampled tokens on the host); with ``parts`` also each
+        attention part's device time (CUDA events around it)."""
         samples = []
         for rep in range(repeats + 1):
-            self.timer = EventTimer(self.device)
+            self.timer = EventTimer(self.device) if parts else None
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             self.execute(batch)
             total = time.perf_counter() - t0
-            parts = self.timer.totals()
+            part_times = self.timer.totals() if parts else {}
             self.timer = None
+            for w in batch.works:        # the same batch again: forget the sampled token
+                if w.samples and w.req.tokens:
+                    w.req.tokens.pop()
             if rep:
-                samples.append({"total": total, **parts})
+                samples.append({"total": total, **part_times})
+        return samples
+
+    def breakdown(self, prefill_tokens: int, prefill_kv: int, num_decodes: int, decode_ctx: int,
+                  repeats: int = 5) -> dict:
+        """Time one hybrid iteration (a prefill chunk of ``prefill_tokens`` ending at key
+        ``prefill_kv``, plus ``num_decodes`` decodes of ``decode_ctx`` keys): total and per
+        attention part (figure 4), medians over ``repeats`` runs after one warm-up."""
+        samples = self.time_batch(self.synthetic_batch(prefill_tokens, prefill_kv, num_decodes, decode_ctx),
+                                  repeats, parts=True)
         keys = sorted({k for s in samples for k in s})
         return {k: float(np.median([s.get(k, 0.0) for s in samples])) for k in keys}

@@ -7,10 +7,14 @@ Latency sources:
     run's metrics exactly.
   * ``LatencyModel``: a linear model of iteration time fitted per (model, backend) to iterations
     measured on the GPU:
-        t = c0 + c_tok * tokens + c_seq * sequences + c_pp * prefill (query, key) pairs
+        t = c0 + c_tok * max(tokens, knee) + c_seq * sequences + c_pp * prefill (query, key) pairs
             + c_pk * prefill keys + c_dk * decode keys [+ c_ov * min(c_pp * pairs, c_dk * decode keys)]
-    The last term (fitted only when it helps, any sign) lets a fused backend's prefill and decode
-    attention overlap: its coefficient comes out negative when they do.
+    ``knee``: below it the weight GEMMs cost the same for any token count (they read the weights,
+    memory-bound); above it they grow with the tokens (compute-bound). It is picked by the fit, not
+    from a GPU's data sheet. The last term (fitted only when it helps, any sign) lets a fused
+    backend's prefill and decode attention overlap: its coefficient comes out negative when they do.
+    The fit minimises relative errors, so that 10 ms decode iterations count as much as 100 ms
+    prefill ones.
 """
 from __future__ import annotations
 
@@ -27,8 +31,11 @@ from .trace import RequestSpec
 BASE_FEATURES = ["const", "num_tokens", "num_seqs", "prefill_pairs", "prefill_kv", "decode_kv"]
 
 
-def _base_vector(f: dict) -> list[float]:
-    return [1.0, f["num_tokens"], f["num_seqs"], f["prefill_pairs"], f["prefill_kv"], f["decode_kv"]]
+KNEES = (0, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024)   # candidate knees (tokens)
+
+
+def _base_vector(f: dict, knee: float = 0.0) -> list[float]:
+    return [1.0, max(f["num_tokens"], knee), f["num_seqs"], f["prefill_pairs"], f["prefill_kv"], f["decode_kv"]]
 
 
 def _nonneg_lstsq(X: np.ndarray, y: np.ndarray, free: set[int] = frozenset()) -> np.ndarray:
@@ -57,7 +64,7 @@ class LatencyModel:
     stats: dict = field(default_factory=dict)
 
     def predict_features(self, f: dict) -> float:
-        x = dict(zip(BASE_FEATURES, _base_vector(f)))
+        x = dict(zip(BASE_FEATURES, _base_vector(f, self.coef.get("knee", 0.0))))
         t = sum(self.coef.get(k, 0.0) * v for k, v in x.items())
         if self.coef.get("overlap"):
             a, b = self.overlap_scale
@@ -69,28 +76,34 @@ class LatencyModel:
 
     @classmethod
     def fit(cls, rows: list[dict], overlap: bool = True) -> "LatencyModel":
-        """Fit to iteration rows (features + ``duration``); ``overlap`` adds the overlap term when
-        the batches hold both prefill and decode work."""
+        """Fit to iteration rows (features + ``duration``), the knee chosen among ``KNEES`` by the
+        smallest squared relative error; ``overlap`` adds the overlap term when the batches hold
+        both prefill and decode work."""
         if len(rows) < len(BASE_FEATURES):
             raise ValueError(f"need at least {len(BASE_FEATURES)} iterations to fit, got {len(rows)}")
-        X = np.array([_base_vector(r) for r in rows], dtype=float)
         y = np.array([float(r["duration"]) for r in rows])
-        c = _nonneg_lstsq(X, y)
-        coef = dict(zip(BASE_FEATURES, map(float, c)))
-        scale = (coef["prefill_pairs"], coef["decode_kv"])
-        model = cls(coef, scale)
-        if overlap and scale[0] > 0 and scale[1] > 0 and any(r["prefill_pairs"] and r["decode_kv"] for r in rows):
-            ov = np.array([min(scale[0] * r["prefill_pairs"], scale[1] * r["decode_kv"]) for r in rows])
-            X2 = np.column_stack([X, ov])
-            c2 = _nonneg_lstsq(X2, y, free={X2.shape[1] - 1})
-            cand = cls({**dict(zip(BASE_FEATURES, map(float, c2[:-1]))), "overlap": float(c2[-1])}, scale)
-            if cand._sse(rows) < model._sse(rows):
-                model = cand
-        model.stats = model.evaluate(rows)
-        return model
+        best = None
+        for knee in KNEES:
+            X = np.array([_base_vector(r, knee) for r in rows], dtype=float)
+            c = _nonneg_lstsq(X / y[:, None], np.ones_like(y))
+            model = cls({**dict(zip(BASE_FEATURES, map(float, c))), "knee": float(knee)},
+                        (float(c[3]), float(c[5])))
+            if overlap and c[3] > 0 and c[5] > 0 and any(r["prefill_pairs"] and r["decode_kv"] for r in rows):
+                ov = np.array([min(c[3] * r["prefill_pairs"], c[5] * r["decode_kv"]) for r in rows])
+                X2 = np.column_stack([X, ov])
+                c2 = _nonneg_lstsq(X2 / y[:, None], np.ones_like(y), free={X2.shape[1] - 1})
+                cand = cls({**dict(zip(BASE_FEATURES, map(float, c2[:-1]))), "knee": float(knee),
+                            "overlap": float(c2[-1])}, model.overlap_scale)
+                if cand._sse(rows) < model._sse(rows):
+                    model = cand
+            if best is None or model._sse(rows) < best._sse(rows):
+                best = model
+        best.stats = best.evaluate(rows)
+        return best
 
     def _sse(self, rows) -> float:
-        return float(sum((self.predict_features(r) - float(r["duration"])) ** 2 for r in rows))
+        """Sum of squared relative errors."""
+        return float(sum((self.predict_features(r) / float(r["duration"]) - 1.0) ** 2 for r in rows))
 
     def evaluate(self, rows: list[dict]) -> dict:
         """Fit quality on ``rows``: n, mean absolute percentage error, max error, total-time error."""
