@@ -9,6 +9,13 @@ allocates a small hybrid batch of that shape and calls every method's ``prepare(
 once. Methods run in parallel threads (one per registered method, never two on the same one) so
 the nvcc builds overlap. The marker JSON records, per method label, ok/unavailable/error, the
 reason and the seconds spent; only "--device cuda without a GPU" fails the build.
+
+When a method's plan asks our POD kernels' cost model (``POD`` and ``OURS_CTA`` with
+``ctas_per_sm: auto``) and the device is a GPU, the build step first gets the device's calibration
+(kernels/pod/calibration.py: $POD_CALIBRATION, the per-device cache, or measured now, ~1 min, before
+any compiler thread starts so nothing else loads the GPU), writes a copy next to the marker
+(``<marker stem>.calibration.json``), logs its fitted parameters and names it in the marker. The
+runner's POD rows name the calibration they used in their ``impl`` column.
 """
 from __future__ import annotations
 
@@ -160,8 +167,51 @@ def summarize(per_shape: dict) -> dict:
             "seconds": round(sum(r["seconds"] for r in per_shape.values()), 3), "shapes": per_shape}
 
 
-def build(experiment_path: str, device: torch.device, smoke: bool) -> dict:
-    """Warm all methods of the experiment on ``device``; returns the marker document."""
+def calibration_path(marker: Path) -> Path:
+    """Where the POD calibration goes beside a build marker: figure11.json -> figure11.calibration.json."""
+    marker = Path(marker)
+    stem = marker.stem if marker.suffix == ".json" else marker.name
+    return marker.with_name(f"{stem}.calibration.json")
+
+
+def calibrate_pod(exp, registry, device: torch.device, out: Path | None) -> dict | None:
+    """Get (load or measure) the POD cost model's calibration when a method of ``exp`` uses it on a
+    GPU; save a copy at ``out``. Returns what the marker records (None when no method needs one)."""
+    users = []
+    for ms in exp.methods:
+        cls = registry.get(ms.method)
+        try:
+            inst = cls(**ms.options) if cls is not None else None
+        except Exception:  # noqa: BLE001 - bad options are reported by the warm-up
+            inst = None
+        if inst is not None and getattr(inst, "needs_calibration", lambda: False)():
+            users.append(ms.label)
+    if not users or device.type != "cuda":
+        return None
+    from kernels.pod import calibration as cal_mod
+
+    t0 = time.perf_counter()
+    env = os.environ.get(cal_mod.ENV_PATH)
+    ident = cal_mod.device_identity(device)
+    source = (f"${cal_mod.ENV_PATH} ({env})" if env else
+              f"cache ({cal_mod.cache_path(*ident)})" if cal_mod.cache_path(*ident).exists() else "measured now")
+    print(f"build: POD calibration for {', '.join(users)}: {source}", flush=True)
+    try:
+        cal = cal_mod.for_device(device, log=lambda line: print(f"build: {line}", flush=True))
+    except Exception as e:  # noqa: BLE001 - recorded; the runner's POD rows will report it too
+        print(f"build: POD calibration failed: {type(e).__name__}: {e}", flush=True)
+        return {"status": "error", "reason": f"{type(e).__name__}: {e}", "methods": users}
+    for line in cal.describe():
+        print(f"build: {line}", flush=True)
+    if out is not None:
+        cal.save(out)
+    return {"status": "ok", "ident": cal.ident, "source": source, "path": str(out) if out else "",
+            "methods": users, "seconds": round(time.perf_counter() - t0, 3), "summary": cal.describe()}
+
+
+def build(experiment_path: str, device: torch.device, smoke: bool, calibration_out: Path | None = None) -> dict:
+    """Warm all methods of the experiment on ``device``; returns the marker document. A POD
+    calibration, when a method needs one, is saved at ``calibration_out``."""
     from experiments.grid import device_memory_bytes, device_sm_count, expand, load_experiment
 
     env = set_build_env(device)
@@ -186,6 +236,9 @@ def build(experiment_path: str, device: torch.device, smoke: bool) -> dict:
                                            f"(registered: {', '.join(sorted(registry))})"}
         else:
             by_method.setdefault(ms.method, []).append((ms.label, ms.options))
+
+    # before the warm-up threads: nvcc builds would load the machine while the calibration times
+    pod_calibration = calibrate_pod(exp, registry, device, calibration_out)
 
     t0 = time.perf_counter()
     # Methods sharing one compiled kernel (``build_group``) warm in one thread, one after another,
@@ -216,6 +269,7 @@ def build(experiment_path: str, device: torch.device, smoke: bool) -> dict:
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
             "env": env, "shapes": [_shape_name(b.spec) for b in batches],
             "wall_seconds": round(time.perf_counter() - t0, 3),
+            "pod_calibration": pod_calibration,
             "methods": {label: results[label] for label in order}}
 
 
@@ -228,6 +282,10 @@ def print_table(marker: dict) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
     print(f"warmed {len(marker['shapes'])} shape(s) in {marker['wall_seconds']:.1f} s on {marker['device']} "
           f"{marker['gpu']}".rstrip())
+    cal = marker.get("pod_calibration")
+    if cal:
+        print(f"POD calibration: {cal.get('ident') or cal.get('reason')} ({cal.get('source', cal['status'])})"
+              + (f" -> {cal['path']}" if cal.get("path") else ""))
 
 
 def main(argv=None) -> int:
@@ -248,7 +306,7 @@ def main(argv=None) -> int:
     from experiments.grid import ExperimentError
 
     try:
-        marker = build(args.experiment, device, args.smoke)
+        marker = build(args.experiment, device, args.smoke, calibration_path(args.out))
     except ExperimentError as e:  # bad input, found before anything is compiled
         print(f"error: {e}", file=sys.stderr)
         return 2

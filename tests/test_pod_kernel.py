@@ -158,10 +158,12 @@ def test_plan_knobs():
         PodConfig(prefill_split="three_waves")
     auto = make_plan(spec, 3, 132, PodConfig())
     assert auto.ctas_per_sm in (2, 4) and auto.tiles.decode_rows == 16
+    # the former rule, kept as ``plan: thresholds`` (the calibrated rule: tests/test_pod_calibration.py)
+    rule = PodConfig(plan="thresholds")
     heavy = spec.replace(prefill_len=12288, decode_batch=8)
-    assert make_plan(heavy, 3, 132, PodConfig()).ctas_per_sm == 2
+    assert make_plan(heavy, 3, 132, rule).ctas_per_sm == 2
     light = spec.replace(prefill_len=128, prefill_kv_len=128, decode_batch=200)
-    assert make_plan(light, 3, 132, PodConfig()).ctas_per_sm == 4
+    assert make_plan(light, 3, 132, rule).ctas_per_sm == 4
     with pytest.raises(ValueError, match="ctas_per_sm"):
         PodConfig(ctas_per_sm=3)
     with pytest.raises(ValueError, match="policy"):
@@ -183,8 +185,8 @@ def test_prefill_loads_knob():
 def test_decode_stages_knob():
     spec = BatchSpec(ModelShape("t", 16, 4, 128), prefill_len=64, prefill_kv_len=640, decode_batch=8,
                      decode_ctx=512)
-    assert make_plan(spec, 3, 132, PodConfig()).tiles.decode_stages is None
-    assert make_plan(spec, 3, 132, PodConfig(decode_stages=2)).tiles.decode_stages == 2
+    assert make_plan(spec, 3, 132, PodConfig(ctas_per_sm=4)).tiles.decode_stages is None
+    assert make_plan(spec, 3, 132, PodConfig(ctas_per_sm=4, decode_stages=2)).tiles.decode_stages == 2
     # the 2-CTA tile set pipelines its decode loop one deeper than its prefill loop by default
     two = make_plan(spec, 3, 132, PodConfig(ctas_per_sm=2)).tiles
     assert (two.num_stages, two.decode_stages) == (2, 3)
@@ -252,8 +254,8 @@ def test_ctas_per_sm_rule_threshold():
     assert choose_ctas_per_sm(spec.replace(decode_batch=0, decode_ctx=0), 1e9) == 2
     assert choose_ctas_per_sm(spec.replace(prefill_len=0, prefill_kv_len=0), 1e-9) == 4
     # this figure-11 batch sits above the threshold with the default balance: 2 CTAs per SM
-    assert make_plan(spec, 3, 132, PodConfig()).ctas_per_sm == 2
-    assert make_plan(spec, 3, 132, PodConfig(machine_balance=edge * 1.01)).ctas_per_sm == 4
+    assert make_plan(spec, 3, 132, PodConfig(plan="thresholds")).ctas_per_sm == 2
+    assert make_plan(spec, 3, 132, PodConfig(plan="thresholds", machine_balance=edge * 1.01)).ctas_per_sm == 4
     assert DEFAULT_MACHINE_BALANCE > 0
 
 

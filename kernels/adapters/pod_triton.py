@@ -2,14 +2,19 @@
 
 All six run the same prefill and decode device functions (kernels/pod/kernel.py); they differ only
 in how CTAs find their work. Options from the YAML are PodConfig fields (kernels/pod/plan.py).
+``POD`` with ``ctas_per_sm: auto`` asks the device's calibrated cost model (kernels/pod/calibration.py)
+whether to run serial (exactly OURS_Serial's two launches) or fused with 2 or 4 CTAs per SM; its
+``impl`` says which ran, the predictions and the calibration used.
 """
 from __future__ import annotations
+
+from dataclasses import asdict, replace
 
 import torch
 
 from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, interpreting, num_sms,
                                 prepare_launch, prepare_serial, tma_capable)
-from kernels.pod.plan import BINDINGS, PodConfig, make_plan
+from kernels.pod.plan import BINDINGS, ExecutionChoice, PodConfig, choose_execution, make_plan
 from kernels.registry import Method, MethodUnavailable, register
 
 
@@ -24,6 +29,8 @@ class _TritonPod(Method):
         super().__init__(**options)
         self.config = PodConfig(**options)
         self.last_plan: dict = {}
+        # the cost model's parameters; None: kernels.pod.calibration.for_device at prepare time
+        self.calibration = None
 
     def unavailable_reason(self, device):
         reason = super().unavailable_reason(device)
@@ -35,18 +42,44 @@ class _TritonPod(Method):
             return "prefill_loads 'tma' needs the tensor copy engine of sm_90+ (Hopper); use 'pointer'"
         return None
 
-    def _plan(self, batch, mode, kind=None):
-        return make_plan(batch.spec, mode, num_sms(batch.device), self.config, kind)
+    def _uses_model(self) -> bool:
+        return self.config.ctas_per_sm == "auto" and self.config.plan == "model"
+
+    def needs_calibration(self) -> bool:
+        """True when this method's plan asks the device's cost model (the build step calibrates first)."""
+        return not self.serial and self.mode in (MODE_CTA, MODE_POD) and self._uses_model()
+
+    def _calibration(self, device):
+        """The cost model's calibration, loaded (or measured) only when the plan asks the model."""
+        if not self._uses_model():
+            return None
+        if self.calibration is None:
+            from kernels.pod.calibration import for_device
+            return for_device(device)
+        return self.calibration
+
+    def _plan(self, batch, mode, kind=None, config=None):
+        cal = self._calibration(batch.device) if mode not in (MODE_PREFILL, MODE_DECODE) else None
+        return make_plan(batch.spec, mode, num_sms(batch.device), config or self.config, kind, calibration=cal)
 
     def prepare(self, batch):
         paged = self.config.kv_layout == "paged"
-        if not self.serial:
+        if self.serial:
+            plan_p, plan_d = self._plan(batch, MODE_PREFILL), self._plan(batch, MODE_DECODE)
+            self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict()}
+            return prepare_serial(batch, plan_p, plan_d, paged, streams=self.streams)
+        if self.mode != MODE_POD:
             plan = self._plan(batch, self.mode)
             self.last_plan = plan.as_dict()
             return prepare_launch(batch, plan, paged)
-        plan_p, plan_d = self._plan(batch, MODE_PREFILL), self._plan(batch, MODE_DECODE)
-        self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict()}
-        return prepare_serial(batch, plan_p, plan_d, paged, streams=self.streams)
+        choice = choose_execution(batch.spec, self.config, self._calibration(batch.device))
+        if choice.kind == "serial":
+            plan_p, plan_d = self._plan(batch, MODE_PREFILL), self._plan(batch, MODE_DECODE)
+            self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict(), "choice": asdict(choice)}
+            return prepare_serial(batch, plan_p, plan_d, paged)
+        plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=choice.ctas_per_sm))
+        self.last_plan = {**plan.as_dict(), "choice": asdict(choice)}
+        return prepare_launch(batch, plan, paged)
 
     def cta_timeline(self, batch, warmup: int = 2):
         """Run this method's fused launch ``warmup`` times untraced, then once recording each CTA's
@@ -74,14 +107,16 @@ class _TritonPod(Method):
     def info(self):
         """impl names the plan of the last prepared batch, e.g. 'triton cps2 split 1/1 V2 ratio 1:1'."""
         p = self.last_plan
+        choice = ExecutionChoice(**p["choice"]) if p and p.get("choice") else None
+        why = f" ({choice.describe()})" if choice and choice.rule != "fixed" else ""
         if not p or "mode" not in p:
             tma = " tma" if p.get("prefill", {}).get("prefill_tma") else ""
-            return {"impl": "triton" + tma, "plan": p}
+            return {"impl": ("triton serial" if choice else "triton") + tma + why, "plan": p}
         t = p["tiles"]
         impl = (f"triton cps{p['ctas_per_sm']} tiles {t['block_m']}x{t['block_n']}/{t['decode_rows']}x{t['decode_n']} "
                 f"split {p['n_splits_p']}/{p['n_splits_d']} V{t['virtual']} ratio {p['prefill_ratio']}:{p['decode_ratio']}"
                 f"{(' ' + BINDINGS[p['binding']]) if p.get('binding') else ''}{' tma' if p.get('prefill_tma') else ''}"
-                f"{' ds' + str(t['decode_stages']) if t.get('decode_stages') else ''}")
+                f"{' ds' + str(t['decode_stages']) if t.get('decode_stages') else ''}{why}")
         return {"impl": impl, "plan": p}
 
 

@@ -10,17 +10,20 @@ from dataclasses import asdict, dataclass, field
 from kernels.common.splitkv import flash_split_heuristic  # noqa: F401  (re-exported: tests, scripts)
 from kernels.workload import BatchSpec
 
-# Machine balance (FLOP per byte) used by the automatic 2-vs-4 CTA choice when the caller gives
-# none: H100 SXM dense fp16 989 TFLOP/s over 3.35 TB/s.
+# The former automatic 2-vs-4 CTA rule, kept only as ``plan: thresholds`` so that it can be timed
+# beside the calibrated plan on one machine (experiments/select.py documents the study that fit it).
+# Machine balance (FLOP per byte): H100 SXM dense fp16 989 TFLOP/s over 3.35 TB/s.
 DEFAULT_MACHINE_BALANCE = 295.0
 # 2 CTAs per SM when the prefill's compute time at peak is at least this fraction of the decodes'
-# memory time at peak (about 0.32 of the serial time is prefill there). With the 2-CTA set's decode
-# loop 3 deep, POD with 2 CTAs/SM against 4 on the 1268 figure-11 batches below the former 0.4
-# (results/raw/pod_ctas_ds3, one machine): 2 lose by 7% in the lowest tenth of this ratio and win by
-# 3% in the highest; the mean time over OURS_Serial is flat for thresholds 0.22-0.30 (0.879 against
-# 0.882 at 0.4), and leaving one model out at a time picks 0.22-0.29. Before, with the loop 2 deep,
-# 0.4 won (results/raw/pod_ctas_rule).
+# memory time at peak. Fit on H100 figure-11 batches (results/raw/pod_ctas_ds3, pod_ctas_rule); on
+# the H200 the rule left POD slower than OURS_Serial on 508 of 4410 batches (issue 17).
 PREFILL_DOMINANCE = 0.25
+# How ``ctas_per_sm: auto`` decides (PodConfig.plan): "model" = the device's calibrated cost model
+# (kernels/pod/calibration.py) picks serial, fused 2 or fused 4 CTAs/SM; "thresholds" = the rule above
+PLAN_RULES = ("model", "thresholds")
+# A fused launch must be predicted this much faster than serial to be chosen: the timing noise of
+# the bar "never slower than our own serial" (issue 17), so a near tie runs the two launches
+DEFAULT_FUSE_MARGIN = 0.02
 # How the CTAs of one launch of ``pod_kernel`` find their work (its MODE constexpr).
 MODE_PREFILL = 0   # prefill tiles only
 MODE_DECODE = 1    # decode tiles only
@@ -123,11 +126,20 @@ class PodConfig:
     block_m: int | None = None
     block_n: int | None = None
     decode_n: int | None = None
-    machine_balance: float | None = None     # FLOP/byte for the automatic CTA choice
+    # how ``ctas_per_sm: auto`` decides: "model" (the calibrated cost model: the POD method runs
+    # serial, fused 2 or fused 4, whichever is predicted fastest) or "thresholds" (the former
+    # H100-fit rule: always fused, 2 or 4 by PREFILL_DOMINANCE x machine_balance)
+    plan: str = "model"
+    fuse_margin: float = DEFAULT_FUSE_MARGIN  # "model": fused must be predicted this fraction faster
+    machine_balance: float | None = None     # FLOP/byte for the "thresholds" rule
 
     def __post_init__(self):
         if self.binding not in BINDINGS:
             raise ValueError(f"binding must be one of {', '.join(map(repr, BINDINGS))}, got {self.binding!r}")
+        if self.plan not in PLAN_RULES:
+            raise ValueError(f"plan must be one of {', '.join(map(repr, PLAN_RULES))}, got {self.plan!r}")
+        if not isinstance(self.fuse_margin, (int, float)) or not 0 <= self.fuse_margin < 1:
+            raise ValueError(f"fuse_margin must be a fraction in [0, 1), got {self.fuse_margin!r}")
         if self.ctas_per_sm not in (2, 4, "auto"):
             raise ValueError(f"ctas_per_sm must be 2, 4 or 'auto', got {self.ctas_per_sm!r}")
         if self.policy != "proportional" and _fixed_ratio(self.policy) is None:
@@ -179,13 +191,71 @@ class LaunchPlan:
 
 
 def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
-    """2 CTAs per SM (larger prefill tiles) when the prefill's compute time dominates the decodes'
-    memory time, else 4 (finer co-location), as the paper's section 4.2.2 describes."""
+    """The former rule (``plan: thresholds``): 2 CTAs per SM (larger prefill tiles) when the
+    prefill's compute time dominates the decodes' memory time, else 4, as the paper's section 4.2.2
+    describes, with a threshold fit on H100 batches."""
     if not spec.has_prefill:
         return 4
     if not spec.has_decode:
         return 2
     return 2 if spec.flops()["prefill"] >= PREFILL_DOMINANCE * balance * spec.bytes_moved()["decode"] else 4
+
+
+@dataclass(frozen=True)
+class ExecutionChoice:
+    """How the POD method runs a batch: "serial" (our prefill launch, then our decode launch: what
+    OURS_Serial runs) or "fused" (one launch with ``ctas_per_sm`` tiles), and why."""
+
+    kind: str                  # "serial" | "fused"
+    ctas_per_sm: int           # fused: 2 or 4; serial: 0
+    rule: str                  # "model", "thresholds" or "fixed" (ctas_per_sm given)
+    predicted_ms: dict = field(default_factory=dict)  # {"serial": ms, "fused2": ms, "fused4": ms}
+    calibration: str = ""      # Calibration.ident of the model used
+
+    def describe(self) -> str:
+        """'plan model: predicted serial 1.23 vs fused2 1.31 ms, cal X' and the like (impl column)."""
+        p = self.predicted_ms
+        if not p:
+            return f"plan {self.rule}"
+        fused = min((v, k) for k, v in p.items() if k != "serial")
+        if self.kind == "serial":
+            text = f"predicted serial {p['serial']:.4g} vs {fused[1]} {fused[0]:.4g} ms"
+        else:
+            text = f"predicted fused{self.ctas_per_sm} {p[f'fused{self.ctas_per_sm}']:.4g} < serial {p['serial']:.4g} ms"
+        return f"plan {self.rule}: {text}, cal {self.calibration}"
+
+
+def _nominal_calibration():
+    from .calibration import nominal
+    return nominal()
+
+
+def model_ctas_per_sm(spec: BatchSpec, calibration=None) -> int:
+    """The fused tile set (2 or 4 CTAs/SM) the cost model predicts faster for ``spec``."""
+    fused = (calibration or _nominal_calibration()).predict(spec).fused
+    return 2 if fused[2] <= fused[4] else 4
+
+
+def choose_execution(spec: BatchSpec, config: PodConfig | None = None, calibration=None) -> ExecutionChoice:
+    """Serial or fused (and with how many CTAs per SM) for the POD method on ``spec``.
+
+    ``ctas_per_sm`` 2 or 4: fused with it. ``auto`` with ``plan: thresholds``: fused, the former
+    rule's tile set. ``auto`` with ``plan: model``: ``calibration`` (a Calibration; None: the
+    nominal one) predicts serial and fused with 2 and 4 CTAs/SM; the fastest fused set runs if it is
+    predicted at least ``fuse_margin`` faster than serial, else serial."""
+    cfg = config or PodConfig()
+    if cfg.ctas_per_sm != "auto":
+        return ExecutionChoice("fused", cfg.ctas_per_sm, "fixed")
+    if cfg.plan == "thresholds":
+        return ExecutionChoice("fused", choose_ctas_per_sm(spec, cfg.machine_balance or DEFAULT_MACHINE_BALANCE),
+                               "thresholds")
+    cal = calibration or _nominal_calibration()
+    pred = cal.predict(spec)
+    predicted = {"serial": pred.serial, **{f"fused{c}": t for c, t in pred.fused.items()}}
+    best_t, best_c = min((t, c) for c, t in pred.fused.items())
+    if best_t < (1.0 - cfg.fuse_margin) * pred.serial:
+        return ExecutionChoice("fused", best_c, "model", predicted, cal.ident)
+    return ExecutionChoice("serial", 0, "model", predicted, cal.ident)
 
 
 def _fixed_ratio(policy) -> tuple[int, int] | None:
@@ -216,15 +286,22 @@ def policy_ratio(policy: str, n_prefill: int, n_decode: int, ctas_per_sm: int) -
 
 
 def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None = None,
-              kind: str | None = None) -> LaunchPlan:
-    """Plan one launch of ``pod_kernel`` in ``mode`` (MODE_PREFILL, MODE_DECODE, MODE_CTA or MODE_POD)."""
+              kind: str | None = None, calibration=None) -> LaunchPlan:
+    """Plan one launch of ``pod_kernel`` in ``mode`` (MODE_PREFILL, MODE_DECODE, MODE_CTA or MODE_POD).
+    A fused launch with ``ctas_per_sm: auto`` takes the tile set ``calibration``'s cost model predicts
+    faster (None: the nominal calibration), or the former rule's with ``plan: thresholds``; whether
+    to fuse at all is ``choose_execution``'s question, asked by the POD method."""
     cfg = config or PodConfig()
     m = spec.model
     if kind is None:
         kind = {MODE_PREFILL: "prefill", MODE_DECODE: "decode"}.get(mode, "fused")
     if kind == "fused":
-        cps = cfg.ctas_per_sm if cfg.ctas_per_sm != "auto" else choose_ctas_per_sm(
-            spec, cfg.machine_balance or DEFAULT_MACHINE_BALANCE)
+        if cfg.ctas_per_sm != "auto":
+            cps = cfg.ctas_per_sm
+        elif cfg.plan == "thresholds":
+            cps = choose_ctas_per_sm(spec, cfg.machine_balance or DEFAULT_MACHINE_BALANCE)
+        else:
+            cps = model_ctas_per_sm(spec, calibration)
     else:
         cps = 2 if kind == "prefill" else 4
     t = default_tiles(kind, m.head_dim, cps)
