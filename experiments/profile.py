@@ -1,6 +1,6 @@
 """Hardware-counter profile (Nsight Compute) of one call per (hybrid batch, method) of an experiment.
 
-    python -m experiments.profile EXPERIMENT.yaml --out CSV [--methods A,B] [--ncu PATH] [--no-progress]
+    python -m experiments.profile EXPERIMENT.yaml --out CSV [--journal CSV] [--methods A,B] [--ncu PATH] [--no-progress]
 
 The experiment's ``profile:`` section names the ncu metrics (and optionally the method labels).
 Each (row, method) runs in a child process of its own under ``ncu --profile-from-start off``: the
@@ -11,7 +11,10 @@ Clocks are left alone (``--clock-control none``), as for the timed runs.
 The CSV is long: one line per (row_key, method, metric) holding the duration-weighted mean of the
 metric over the call's kernels, plus a line ``ncu_time_ms`` (sum of kernel durations under the
 profiler). A (row, method) that could not be profiled gets one line with an empty metric, its
-status and the reason. Re-running with the same --out resumes.
+status and the reason. Re-running with the same --out resumes. With --journal, lines are appended
+to the journal as each (row, method) finishes (resumed the same way, never deleted) and --out is
+written whole at the end, as experiments.run does: the workflow's way, so that a rerun profiles no
+call that had finished.
 """
 from __future__ import annotations
 
@@ -137,16 +140,19 @@ def child(experiment: str, row_key: str, label: str, result_path: str) -> int:
 # ----------------------------------------------------------------------------- parent
 
 def profile_experiment(experiment: str, out: str, methods=None, ncu: str | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, journal: str | None = None) -> dict:
     """Profile every (row, method) the experiment's ``profile:`` asks for into ``out``; returns
-    counts per status written now."""
+    counts per status written now. With ``journal`` lines go there as each (row, method) finishes
+    and ``out`` is written whole at the end."""
+    import contextlib
+
     import torch
     from tqdm import tqdm
 
     from experiments import grid as G
     from experiments.provenance import COLUMNS as PROV
     from experiments.provenance import provenance, stamp
-    from experiments.sweep import WORKLOAD_COLUMNS, ResumableCSV, count
+    from experiments.sweep import WORKLOAD_COLUMNS, JournalLock, ResumableCSV, count, publish_rows
 
     exp = G.load_experiment(experiment)
     spec = exp.raw.get("profile")
@@ -188,29 +194,34 @@ def profile_experiment(experiment: str, out: str, methods=None, ncu: str | None 
             return str(e)
         return ""
 
-    # a (row, method) has one line per metric; a kill mid-write leaves at most a partial last line
-    sink = ResumableCSV(out, COLUMNS_HEAD + WORKLOAD_COLUMNS + PROV, lines="many", lineterminator="\r\n")
-    done = sink.done()
-    sink.write_header()
-    counts: dict = {}
-    todo = [(r, lab) for r in rows for lab in labels if (r.row_key, lab) not in done]
-    for row, lab in tqdm(todo, file=sys.stderr, disable=not progress, unit="call", desc=f"ncu {exp.name}"):
-        base = {"experiment": exp.name, **row.fields(), "method": lab, **stamp(prov)}
-        missing = lacks_part(row, lab)
-        if missing:
-            status, reason, values, kernels = "unavailable", missing, {}, 0
-        elif ncu_path is None:
-            status, reason, values, kernels = ("unavailable", "Nsight Compute (ncu) not found: install it "
-                                               "(part of the CUDA toolkit) or pass --ncu PATH", {}, 0)
-        else:
-            status, reason, values, kernels = _profile_one(ncu_path, experiment, row.row_key, lab, metrics)
-        if status == "ok":
-            lines = [{**base, "metric": k, "value": v, "kernels": kernels, "status": "ok", "reason": note}
-                     for k, v in values.items()]
-        else:
-            lines = [{**base, "metric": "", "value": "", "kernels": kernels, "status": status, "reason": reason}]
-        sink.append(lines)
-        count(counts, status)
+    header = COLUMNS_HEAD + WORKLOAD_COLUMNS + PROV
+    with JournalLock(journal) if journal else contextlib.nullcontext():
+        # a (row, method) has one line per metric; a kill mid-write leaves at most a partial last line
+        sink = ResumableCSV(journal or out, header, lines="many", lineterminator="\r\n")
+        done = sink.done()
+        sink.write_header()
+        counts: dict = {}
+        todo = [(r, lab) for r in rows for lab in labels if (r.row_key, lab) not in done]
+        for row, lab in tqdm(todo, file=sys.stderr, disable=not progress, unit="call", desc=f"ncu {exp.name}"):
+            base = {"experiment": exp.name, **row.fields(), "method": lab, **stamp(prov)}
+            missing = lacks_part(row, lab)
+            if missing:
+                status, reason, values, kernels = "unavailable", missing, {}, 0
+            elif ncu_path is None:
+                status, reason, values, kernels = ("unavailable", "Nsight Compute (ncu) not found: install it "
+                                                   "(part of the CUDA toolkit) or pass --ncu PATH", {}, 0)
+            else:
+                status, reason, values, kernels = _profile_one(ncu_path, experiment, row.row_key, lab, metrics)
+            if status == "ok":
+                lines = [{**base, "metric": k, "value": v, "kernels": kernels, "status": "ok", "reason": note}
+                         for k, v in values.items()]
+            else:
+                lines = [{**base, "metric": "", "value": "", "kernels": kernels, "status": status,
+                          "reason": reason}]
+            sink.append(lines)
+            count(counts, status)
+        if journal:
+            publish_rows(journal, out, {(r.row_key, lab) for r in rows for lab in labels}, header)
     return counts
 
 
@@ -246,7 +257,12 @@ def main(argv=None) -> int:
     """Command line entry point (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m experiments.profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("experiment")
-    ap.add_argument("--out", help="long CSV to append to (resumed if it exists)")
+    ap.add_argument("--out", help="long CSV; without --journal lines are appended to it as they finish "
+                                  "(resumed if it exists)")
+    ap.add_argument("--journal", help="append lines here as they finish (resumed if it exists, never deleted) "
+                                      "and write --out in one piece at the end")
+    ap.add_argument("--stop-with-parent", action="store_true",
+                    help="exit when the parent process (the workflow) dies instead of running on as an orphan")
     ap.add_argument("--methods", help="comma-separated labels (default: the profile: section's, else all)")
     ap.add_argument("--ncu", help="path of ncu (default: on PATH or under /opt/nvidia)")
     ap.add_argument("--no-progress", action="store_true")
@@ -257,13 +273,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return child(args.experiment, args.row_key, args.method, args.result)
-    from experiments.sweep import labels_arg, report
+    from experiments.sweep import labels_arg, report, stop_with_parent
 
     if not args.out:
         print("error: --out CSV is required", file=sys.stderr)
         return 2
+    if args.stop_with_parent:
+        stop_with_parent()
     return report(args.out, lambda: profile_experiment(args.experiment, args.out, labels_arg(args.methods), args.ncu,
-                                                       not args.no_progress))
+                                                       not args.no_progress, journal=args.journal))
 
 
 if __name__ == "__main__":

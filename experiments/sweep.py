@@ -1,5 +1,5 @@
 """The sweep core: what every stage that runs methods over an experiment's rows shares
-(experiments.run, experiments.profile, experiments.timeline, scripts/gpu_power_probe.py).
+(experiments.run, experiments.profile, experiments.timeline, experiments.power).
 
   * the device environment (``configure_device_env`` before triton is imported, ``resolve_device``);
   * the row/column contract of the raw CSV (``WORKLOAD_COLUMNS``, ``RESULT_COLUMNS``, ``columns``);

@@ -1,6 +1,6 @@
 """CTA timeline of one fused launch per (hybrid batch, method) of an experiment.
 
-    python -m experiments.timeline EXPERIMENT.yaml --out CSV [--methods A,B] [--smoke] [--no-progress]
+    python -m experiments.timeline EXPERIMENT.yaml --out CSV [--journal CSV] [--methods A,B] [--smoke] [--no-progress]
 
 The experiment's ``timeline:`` section names the method labels (our Triton family's one-launch
 methods: POD, OURS_CTA and their option variants). Each (row, method) is launched ``warmup``
@@ -12,7 +12,9 @@ checked against the reference attention; a method that fails the check gets one 
 ``failed_check`` and no CTAs. Lines carry times in microseconds from the launch's first CTA start.
 Re-running with the same --out resumes at the first (row, method) not yet written; a file cut
 short by a kill (a gzip stream without its end, a launch with only some of its lines) keeps its
-complete launches and traces the rest again.
+complete launches and traces the rest again. With --journal, launches are appended to the journal
+as they finish (resumed the same way, never deleted) and --out is written whole at the end, as
+experiments.run does: the workflow's way, so that a rerun traces no launch that had finished.
 """
 from __future__ import annotations
 
@@ -34,22 +36,21 @@ def trace_rows(trace) -> list:
 
 
 def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = False, device: str = "auto",
-                        warmup: int = 2, progress: bool = True) -> dict:
+                        warmup: int = 2, progress: bool = True, journal: str | None = None) -> dict:
     """Trace every (row, method) the experiment's ``timeline:`` asks for into ``out``; returns
-    counts per status written now."""
-    from experiments.sweep import configure_device_env, resolve_device
+    counts per status written now. With ``journal`` launches go there as they finish and ``out``
+    is written whole at the end."""
+    import contextlib
+
+    from experiments.sweep import JournalLock, configure_device_env, publish_rows, resolve_device
     device = resolve_device(device)
     configure_device_env(device)
     import torch
-    from tqdm import tqdm
 
     from experiments import grid as G
     from experiments.provenance import COLUMNS as PROV
-    from experiments.provenance import provenance, stamp
-    from experiments.sweep import ResumableCSV, count, create_methods, error_text, one_line, seed
-    from kernels.reference import check_outputs, reference_outputs
-    from kernels.registry import MethodUnavailable
-    from kernels.workload import HybridBatch
+    from experiments.provenance import provenance
+    from experiments.sweep import create_methods
 
     exp = G.load_experiment(experiment, smoke=smoke)
     spec = exp.raw.get("timeline")
@@ -74,9 +75,26 @@ def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = F
             raise G.ExperimentError(f"{experiment}: timeline.methods: {lab} ({inst.name}) has no CTA trace; "
                                     "use one-launch methods of our Triton family (POD, OURS_CTA)")
     prov = provenance(dev)
+    header = COLUMNS_HEAD + PROV
+    with JournalLock(journal) if journal else contextlib.nullcontext():
+        counts = _trace_rows(exp, rows, labels, insts, dev, prov, header, journal or out, warmup, progress)
+        if journal:
+            publish_rows(journal, out, {(r.row_key, lab) for r in rows for lab in labels}, header)
+    return counts
+
+
+def _trace_rows(exp, rows, labels, insts, dev, prov, header, path, warmup, progress) -> dict:
+    """Trace the (row, method) launches not yet complete in ``path``, appending each as it finishes."""
+    from tqdm import tqdm
+
+    from experiments.provenance import stamp
+    from experiments.sweep import ResumableCSV, count, error_text, one_line, seed
+    from kernels.reference import check_outputs, reference_outputs
+    from kernels.registry import MethodUnavailable
+    from kernels.workload import HybridBatch
+
     # the row_key names the batch; a launch cut short by a kill has fewer lines than its launch_lines
-    sink = ResumableCSV(out, COLUMNS_HEAD + PROV, lines="launch_lines", other_header="rewrite",
-                        lineterminator="\r\n")
+    sink = ResumableCSV(path, header, lines="launch_lines", other_header="rewrite", lineterminator="\r\n")
     done = sink.done()
     sink.write_header()
     counts: dict = {}
@@ -121,17 +139,25 @@ def main(argv=None) -> int:
     """Command line entry point (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m experiments.timeline", description=__doc__.split("\n\n")[0])
     ap.add_argument("experiment")
-    ap.add_argument("--out", required=True, help="CSV to append to (resumed if it exists)")
+    ap.add_argument("--out", required=True, help="CSV of the traces; without --journal launches are appended to "
+                                                 "it as they finish (resumed if it exists)")
+    ap.add_argument("--journal", help="append launches here as they finish (resumed if it exists, never deleted) "
+                                      "and write --out in one piece at the end")
+    ap.add_argument("--stop-with-parent", action="store_true",
+                    help="exit when the parent process (the workflow) dies instead of running on as an orphan")
     ap.add_argument("--methods", help="comma-separated labels (default: the timeline: section's)")
     ap.add_argument("--smoke", action="store_true", help="apply the YAML's smoke overrides (tiny shapes)")
     ap.add_argument("--device", default="auto", help="cuda, cpu (Triton interpreter) or auto")
     ap.add_argument("--warmup", type=int, default=2, help="untraced launches before the traced one")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    from experiments.sweep import labels_arg, report
+    from experiments.sweep import labels_arg, report, stop_with_parent
 
+    if args.stop_with_parent:
+        stop_with_parent()
     return report(args.out, lambda: timeline_experiment(args.experiment, args.out, labels_arg(args.methods), args.smoke,
-                                                        args.device, args.warmup, not args.no_progress))
+                                                        args.device, args.warmup, not args.no_progress,
+                                                        journal=args.journal))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Gluon kernels cannot run in Triton's CPU interpreter (``gluon.jit`` never becomes an
 InterpretedFunction and Gluon builtins need the compiler's semantic), so correctness is checked
-on a GPU by scripts/gpu_check_hfuse.py. Here: the kernel is compiled ahead of time for sm_90,
+on a GPU by experiments/studies/hfuse_check.yaml. Here: the kernel is compiled ahead of time for sm_90,
 specialised exactly as the JIT would for real (CPU-allocated) batches, and its PTX is checked for
 what HFuse means (two warp groups, each on its own 128-thread named barrier, mma.sync, cp.async
 with zero fill, setmaxnreg, shared memory within the limits); plus the planning logic.

@@ -278,7 +278,7 @@ def test_decode_split_counts_ctas_of_virtual_items(ctas_per_sm):
 @pytest.mark.parametrize("extra", [{"PF_SOFTMAX": 1}, {"PF_SOFTMAX": 1, "PF_WS": True}], ids=["fma", "fma-ws"])
 @pytest.mark.parametrize("name,opts", [("OURS_prefill", {"prefill_split": 2}), ("POD", {"ctas_per_sm": 4})])
 def test_prefill_loop_switches_match_reference(extra, name, opts):
-    """The prefill-loop variants scripts/prefill_variants.py times (scale folded into exp2, automatic
+    """The prefill-loop variants experiments/prefill_variants.py times (scale folded into exp2, automatic
     warp specialisation of the unmasked loop) compute the same attention."""
     spec = BatchSpec(ModelShape("t", 6, 2, 64), "float16", prefill_len=37, prefill_kv_len=101, decode_batch=3,
                      decode_ctx=29)

@@ -57,3 +57,67 @@ def test_ncu_columns_join():
     assert wide.loc["r1", "ncu_time_ms_POD"] == 1.5
     assert pd.isna(wide.loc["r2", "ncu_sm__throughput_POD"])
     assert wide.loc["r2", "ncu_status_POD"] == "error" and wide.loc["r1", "ncu_status_FA_decode"] == "unavailable"
+
+
+EXPERIMENT = """\
+name: profile_resume
+description: two tiny batches, three methods, for the resume test
+plot: generic
+baseline: OURS_prefill
+configs:
+  - {model: {name: tiny-gqa2, q_heads: 4, kv_heads: 2, head_dim: 64}, dtype: float16, prefill_len: 16,
+     prefill_kv_len: 48, decode_batch: 2, decode_ctx: 32}
+  - {model: {name: tiny-gqa2, q_heads: 4, kv_heads: 2, head_dim: 64}, dtype: float16, prefill_len: 32,
+     prefill_kv_len: 64, decode_batch: 3, decode_ctx: 32}
+methods: [OURS_prefill, OURS_decode, POD]
+timing: {warmup: 0, repeats: 1, calls: 1}
+filter: {min_part_fraction: 0.0}
+profile:
+  ncu_metrics: [sm__throughput.avg.pct_of_peak_sustained_elapsed]
+"""
+
+
+def test_profile_resumes_from_its_journal(tmp_path, monkeypatch):
+    """With --journal a killed profile keeps its finished calls; the rerun profiles only the rest and
+    writes --out whole from the journal (ncu and the GPU replaced by fakes)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import experiments.profile as P
+    import experiments.provenance as prov
+
+    yaml = tmp_path / "profile_resume.yaml"
+    yaml.write_text(EXPERIMENT)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda dev: SimpleNamespace(total_memory=80e9, multi_processor_count=132))
+    monkeypatch.setattr(prov, "provenance", lambda dev: {c: "" for c in prov.COLUMNS})
+    monkeypatch.setattr(P, "ncu_binary", lambda ncu: "ncu")
+    monkeypatch.setattr(P, "known_metric_bases", lambda ncu: None)
+    calls, kill_after = [], [4]
+
+    def fake_profile_one(ncu, experiment, row_key, label, metrics):
+        if len(calls) == kill_after[0]:
+            raise KeyboardInterrupt  # the job is killed while this call runs
+        calls.append((row_key, label))
+        return "ok", "", {"ncu_time_ms": 0.5, metrics[0]: 60.0}, 2
+
+    monkeypatch.setattr(P, "_profile_one", fake_profile_one)
+    journal, out = tmp_path / "journal" / "profile.csv", tmp_path / "raw" / "profile.csv"
+    with pytest.raises(KeyboardInterrupt):
+        P.profile_experiment(str(yaml), str(out), progress=False, journal=str(journal))
+    assert not out.exists() and len(pd.read_csv(journal)) == 4 * 2   # 4 calls of 2 lines each
+    first = list(calls)
+
+    kill_after[0] = None
+    counts = P.profile_experiment(str(yaml), str(out), progress=False, journal=str(journal))
+    assert counts == {"ok": 2} and not set(calls[4:]) & set(first)   # only the 2 calls not finished
+    df = pd.read_csv(out)
+    assert len(df) == 6 * 2 and set(map(tuple, df[["row_key", "method"]].values)) == set(calls)
+    assert df.equals(pd.read_csv(journal))
+
+    # a complete journal: nothing is profiled again, --out is written again from it
+    out.unlink()
+    assert P.profile_experiment(str(yaml), str(out), progress=False, journal=str(journal)) == {}
+    assert len(calls) == 6 and pd.read_csv(out).equals(df)

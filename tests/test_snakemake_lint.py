@@ -93,10 +93,10 @@ def test_dry_run_timeline_traced_on_gpu_and_in_smoke_runs():
     result = snakemake(["-n", "-p", "--forceall", "pod_timeline"])
     assert result.returncode == 0, result.stdout + result.stderr
     trace = _shell_line(result.stdout, "experiments.timeline").removeprefix("Shell command: ")
-    assert trace.startswith("python -m experiments.timeline experiments/studies/pod_timeline.yaml "
-                            "--out results-new/raw/pod_timeline/timeline/ctas.csv.gz.partial --device cuda")
-    assert trace.endswith("&& mv results-new/raw/pod_timeline/timeline/ctas.csv.gz.partial "
-                          "results-new/raw/pod_timeline/timeline/ctas.csv.gz")
+    assert trace.startswith("exec python -m experiments.timeline experiments/studies/pod_timeline.yaml "
+                            "--journal results-new/journal/pod_timeline/timeline/ctas.csv.gz "
+                            "--out results-new/raw/pod_timeline/timeline/ctas.csv.gz --stop-with-parent --device cuda")
+    assert ".partial" not in trace and "&& mv" not in trace
     result = snakemake(["-n", "-p", "--forceall", "pod_timeline", "--config", "smoke=true"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--smoke --device cpu" in _shell_line(result.stdout, "experiments.timeline")

@@ -180,3 +180,38 @@ def test_figure_panels_and_titles(tmp_path):
     assert titles[1].startswith("M2: not timed")
     assert any("failed_check" in t.get_text() for t in fig.axes[1].texts)
     assert "prefill 64 @ KV 128" in fig.axes[0].get_ylabel() and "M0 0.05 ms" in fig.axes[0].get_ylabel()
+
+
+def test_trace_resumes_from_its_journal(tmp_path):
+    """experiments.timeline --journal (the workflow's way): a kill leaves the journal with its whole
+    launches; the rerun traces only the launch cut short and writes --out whole from the journal."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    journal, out = tmp_path / "journal" / "ctas.csv.gz", tmp_path / "raw" / "ctas.csv.gz"
+
+    def trace():
+        return subprocess.run([sys.executable, "-m", "experiments.timeline",
+                               str(root / "experiments" / "studies" / "pod_timeline.yaml"), "--smoke",
+                               "--device", "cpu", "--no-progress", "--warmup", "0", "--methods", "OURS_CTA,POD",
+                               "--journal", str(journal), "--out", str(out)], capture_output=True, text=True, cwd=root)
+
+    r = trace()
+    assert r.returncode == 0, r.stderr[-3000:]
+    full = pd.read_csv(out)
+    assert sorted(full["method"].unique()) == ["OURS_CTA", "POD"] and full.equals(pd.read_csv(journal))
+    assert r.stderr.strip().endswith("ok 2")
+    # killed mid-write: the journal's gzip stream loses its end (part of the POD launch), no --out yet
+    data = journal.read_bytes()
+    journal.write_bytes(data[: len(data) - 200])
+    out.unlink()
+    r = trace()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cut short" in r.stderr and r.stderr.strip().endswith("ok 1")   # only POD traced again
+    again = pd.read_csv(out)
+    assert len(again) == len(full) and again.equals(pd.read_csv(journal))
+    for key, g in again.groupby(["row_key", "method"]):     # whole launches, each once
+        assert g["pid"].tolist() == list(range(len(g))) and (g["launch_lines"] == len(g)).all(), key
+    assert again[again["method"] == "OURS_CTA"].equals(full[full["method"] == "OURS_CTA"])

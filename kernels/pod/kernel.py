@@ -312,7 +312,7 @@ def pod_kernel(
     ``trace_ptr`` (int64, grid x 5) records op, logical CTA, SM, start and end time in ns.
     PF_SOFTMAX = 1 folds the softmax scale into the exponent and accumulates P.V in place; PF_WS asks
     Triton to warp-specialise the unmasked prefill loop. Both are off: neither was faster on H100
-    (scripts/prefill_variants.py)."""
+    (experiments/prefill_variants.py)."""
     pid = tl.program_id(0)
     if TRACE:
         t_start = _now_ns(INTERPRET)

@@ -32,13 +32,16 @@ rule profile_ncu:
         f"{RESULTS}/raw/{{exp}}/ncu/profile.csv",
     log:
         f"{LOGS}/profile/{{exp}}.log",
+    params:
+        journal=f"{RESULTS}/journal/{{exp}}/ncu/profile.csv",
     resources:
         gpu=GPU_JOB,
     conda:
         "../envs/harness.yaml"
     shell:
-        "python -m experiments.profile {input.experiment} --out {output}.partial --no-progress > {log} 2>&1 "
-        "&& mv {output}.partial {output}"
+        # as sweep_shard: lines go to a journal Snakemake never deletes, --out is written whole at the end
+        "exec python -m experiments.profile {input.experiment} --journal {params.journal} --out {output} "
+        "--stop-with-parent --no-progress > {log} 2>&1"
 
 
 rule trace_timeline:
@@ -54,11 +57,13 @@ rule trace_timeline:
         f"{LOGS}/timeline/{{exp}}.log",
     params:
         flags=RUN_FLAGS,
+        journal=f"{RESULTS}/journal/{{exp}}/timeline/ctas.csv.gz",
     resources:
         gpu=GPU_JOB,
     conda:
         "../envs/harness.yaml"
     shell:
-        # experiments.timeline gzips a .gz.partial file too and resumes from it like the sweep.
-        "python -m experiments.timeline {input.experiment} --out {output}.partial {params.flags} --no-progress "
-        "> {log} 2>&1 && mv {output}.partial {output}"
+        # as sweep_shard: launches go to a (gzipped) journal Snakemake never deletes, --out is
+        # written whole at the end, so a rerun traces no launch that had finished
+        "exec python -m experiments.timeline {input.experiment} --journal {params.journal} --out {output} "
+        "--stop-with-parent {params.flags} --no-progress > {log} 2>&1"
