@@ -121,7 +121,7 @@ def test_chooser_picks_serial_when_fused_is_predicted_slower():
     slow = calibration_with(FusedParams(0.01, 1.2, 1.1, 1.3), FusedParams(0.01, 1.5, 1.0, 1.1))
     pred = slow.predict(HYBRID)
     assert min(pred.fused.values()) > pred.serial
-    choice = choose_execution(HYBRID, PodConfig(), slow)
+    choice = choose_execution(HYBRID, PodConfig(plan="model"), slow)
     assert (choice.kind, choice.ctas_per_sm, choice.rule) == ("serial", 0, "model")
     assert choice.predicted_ms["serial"] == pytest.approx(pred.serial)
     # a fixed CTA count or the former rule always fuses, whatever the model says
@@ -133,10 +133,10 @@ def test_chooser_picks_serial_when_fused_is_predicted_slower():
 def test_chooser_picks_the_faster_fused_set(best):
     good, worse = FusedParams(0.005, 1.1, 1.0, 0.2), FusedParams(0.005, 1.3, 1.2, 0.5)
     cal = calibration_with(*((good, worse) if best == 2 else (worse, good)))
-    choice = choose_execution(HYBRID, PodConfig(), cal)
+    choice = choose_execution(HYBRID, PodConfig(plan="model"), cal)
     assert (choice.kind, choice.ctas_per_sm) == ("fused", best)
     # make_plan's own CTA choice agrees with it
-    assert make_plan(HYBRID, MODE_POD, 132, PodConfig(), calibration=cal).ctas_per_sm == best
+    assert make_plan(HYBRID, MODE_POD, 132, PodConfig(plan="model"), calibration=cal).ctas_per_sm == best
     assert f"fused{best}" in choice.describe() and cal.ident in choice.describe()
 
 
@@ -144,7 +144,7 @@ def test_chooser_margin_keeps_near_ties_serial():
     cal = calibration_with(FusedParams(0.0, 1.0, 1.0, 0.98), FusedParams(0.0, 1.0, 1.0, 0.99))
     pred = cal.predict(HYBRID)
     assert 0.98 < min(pred.fused.values()) / pred.serial < 1.0  # predicted a little faster fused
-    assert choose_execution(HYBRID, PodConfig(), cal).kind == "serial"
+    assert choose_execution(HYBRID, PodConfig(plan="model"), cal).kind == "serial"
     assert choose_execution(HYBRID, PodConfig(fuse_margin=0.0), cal).kind == "fused"
     with pytest.raises(ValueError, match="fuse_margin"):
         PodConfig(fuse_margin=1.5)
@@ -221,7 +221,7 @@ SMALL = BatchSpec(ModelShape("t", 6, 2, 64), "float16", prefill_len=37, prefill_
 def test_pod_matches_reference_whichever_way_it_runs(fused):
     batch = HybridBatch.allocate(SMALL, "cpu", seed=11)
     ref = reference_outputs(batch)
-    pod = create("POD")
+    pod = create("POD", plan="model")
     pod.calibration = (calibration_with(FusedParams(0.0, 1.0, 1.0, 0.1), FusedParams(0.0, 1.0, 1.0, 0.5))
                        if fused else
                        calibration_with(FusedParams(0.01, 1.2, 1.1, 1.3), FusedParams(0.01, 1.5, 1.0, 1.1)))
@@ -240,7 +240,7 @@ def test_pod_matches_reference_whichever_way_it_runs(fused):
 
 def test_pod_serial_plan_is_our_serial():
     batch = HybridBatch.allocate(SMALL, "cpu", seed=2)
-    pod, ours = create("POD"), create("OURS_Serial")
+    pod, ours = create("POD", plan="model"), create("OURS_Serial")
     pod.calibration = calibration_with(FusedParams(0.01, 1.2, 1.1, 1.3), FusedParams(0.01, 1.5, 1.0, 1.1))
     a, b = pod.prepare(batch)(), ours.prepare(batch)()
     for part in a:
@@ -276,13 +276,14 @@ def test_build_step_calibrates_only_for_methods_that_ask_the_model(tmp_path, mon
                                         for i, (m, o) in enumerate(methods)])
     out = calibration_path(tmp_path / "build" / "figure11.json")
     assert out == tmp_path / "build" / "figure11.calibration.json"
-    fixed = exp(("OURS_Serial", {}), ("POD", {"ctas_per_sm": 2}), ("POD", {"plan": "thresholds"}), ("FA_prefill", {}))
+    fixed = exp(("OURS_Serial", {}), ("POD", {"ctas_per_sm": 2}), ("POD", {"plan": "thresholds"}), ("POD", {}),
+                ("FA_prefill", {}))
     assert calibrate_pod(fixed, registry, gpu, out) is None and not out.exists()
-    assert calibrate_pod(exp(("POD", {})), registry, torch.device("cpu"), out) is None
-    rec = calibrate_pod(exp(("OURS_Serial", {}), ("POD", {})), registry, gpu, out)
+    assert calibrate_pod(exp(("POD", {"plan": "model"})), registry, torch.device("cpu"), out) is None
+    rec = calibrate_pod(exp(("OURS_Serial", {}), ("POD", {"plan": "model"})), registry, gpu, out)
     assert rec["status"] == "ok" and rec["methods"] == ["POD1"] and rec["source"] == "measured now"
     assert Calibration.load(out).ident == rec["ident"]
     calmod.clear_memo()
-    again = calibrate_pod(exp(("OURS_CTA", {})), registry, gpu, out)
+    again = calibrate_pod(exp(("OURS_CTA", {"plan": "model"})), registry, gpu, out)
     assert again["source"].startswith("cache") and again["ident"] == rec["ident"]
     calmod.clear_memo()

@@ -126,10 +126,12 @@ class PodConfig:
     block_m: int | None = None
     block_n: int | None = None
     decode_n: int | None = None
-    # how ``ctas_per_sm: auto`` decides: "model" (the calibrated cost model: the POD method runs
-    # serial, fused 2 or fused 4, whichever is predicted fastest) or "thresholds" (the former
-    # H100-fit rule: always fused, 2 or 4 by PREFILL_DOMINANCE x machine_balance)
-    plan: str = "model"
+    # how ``ctas_per_sm: auto`` decides: "thresholds" (the H100-fit rule: always fused, 2 or 4 by
+    # PREFILL_DOMINANCE x machine_balance) or "model" (the calibrated cost model: serial, fused 2 or
+    # fused 4, whichever is predicted fastest). "model" is not the default: on 2464 figure-11 batches
+    # of the H200 it was slower than OURS_Serial by more than 2% on 685, "thresholds" on 244 (mean
+    # time over OURS_Serial 0.989 against 0.919; results/raw/pod_plan_model, one machine)
+    plan: str = "thresholds"
     fuse_margin: float = DEFAULT_FUSE_MARGIN  # "model": fused must be predicted this fraction faster
     machine_balance: float | None = None     # FLOP/byte for the "thresholds" rule
 
