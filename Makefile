@@ -3,7 +3,9 @@
 # a tuning study; each has a target of the same name.
 PYTHON    ?= python
 SNAKEMAKE ?= $(PYTHON) -m snakemake --profile profiles/local
-PAPER_TARGETS := $(filter-out models,$(basename $(notdir $(wildcard experiments/*.yaml)))) figure7
+# the end-to-end (serving) targets: experiments/serving/<name>.yaml (table6 = the artifact's name for table 5)
+SERVING_TARGETS := $(basename $(notdir $(wildcard experiments/serving/*.yaml))) table6
+PAPER_TARGETS := $(filter-out models,$(basename $(notdir $(wildcard experiments/*.yaml)))) figure7 $(SERVING_TARGETS)
 STUDIES := $(basename $(notdir $(wildcard experiments/studies/*.yaml)))
 
 .PHONY: all studies figures smoke test test-slurm install install-gpu lint lint-docker help $(PAPER_TARGETS) $(STUDIES)

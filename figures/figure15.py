@@ -27,7 +27,7 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-def plot(t: pd.DataFrame, model: str):
+def plot(t: pd.DataFrame, model: str, gpu: str = ""):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
     backends = [c for c in t.columns if c not in ("pd_ratio",) and not c.startswith("gain_")]
     for b in backends:
@@ -43,7 +43,8 @@ def plot(t: pd.DataFrame, model: str):
     a2.set_ylabel("throughput gain over Sarathi (%)")
     a2.grid(alpha=0.3)
     a2.legend()
-    fig.suptitle(f"Throughput vs P:D (Figure 15), {model}, simulated from GPU-calibrated latencies")
+    fig.suptitle(f"Throughput vs P:D (Figure 15), {model}, simulated from latencies measured on "
+                 f"{gpu or 'the GPU'} (one GPU, TP1)")
     return fig
 
 
@@ -57,7 +58,8 @@ def main(argv=None) -> None:
     t = table(summary)
     if a.table:
         write_csv(t, a.table, index=False)
-    save_figure(plot(t, ", ".join(sorted(set(summary["model"])))), a.out, dpi=130)
+    gpus = summary["calibrated_on"].dropna().astype(str) if "calibrated_on" in summary else pd.Series([], dtype=str)
+    save_figure(plot(t, ", ".join(sorted(set(summary["model"]))), ", ".join(sorted(set(gpus) - {""}))), a.out, dpi=130)
     print(t.to_string(index=False))
 
 

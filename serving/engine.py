@@ -7,6 +7,11 @@ iteration's duration is wall time from before scheduling to after that copy, so 
 preparation, planning and launch overheads all count. The engine's clock is the sum of those
 durations; when nothing can run it jumps to the next arrival instead of sleeping (equivalent to
 real time, since arrivals do not depend on the engine, and it spends no GPU time idling).
+
+Tensor parallelism (``tp > 1``, serving/tensor_parallel.py): this process is rank 0. It schedules
+and builds the iteration's host arrays (``batch_arrays``) as at TP1, broadcasts them to the other
+ranks, and every rank runs the same forward on its heads; tokens are sampled from rank 0's logits.
+The iteration's duration is still rank 0's wall time to the sampled tokens on the host.
 """
 from __future__ import annotations
 
@@ -55,13 +60,49 @@ class EventTimer:
         return out
 
 
+def meta_from_arrays(a: dict, device) -> IterationMeta:
+    """``Engine.batch_arrays``' host data -> the ``IterationMeta`` on ``device`` (every rank)."""
+    dev = torch.device(device)
+    t = lambda x, dt: torch.from_numpy(np.ascontiguousarray(x)).to(device=dev, dtype=dt)  # noqa: E731
+    prefills = [tuple(int(v) for v in p) for p in a["prefills"]]
+    dbase, dkv = [int(v) for v in a["decode_base"]], [int(v) for v in a["decode_kv"]]
+    meta = IterationMeta(
+        num_tokens=len(a["input_ids"]), input_ids=t(a["input_ids"], torch.int64),
+        positions=t(a["positions"], torch.int32), slots=t(a["slots"], torch.int64),
+        sample_rows=t(a["sample_rows"], torch.int64), prefills=prefills,
+        decode_base=dbase, decode_kv=dkv, block_size=int(a["block_size"]), device=dev)
+    if dkv:
+        meta.decode_base_t = t(np.asarray(dbase), torch.int32)
+        meta.decode_kv_t = t(np.asarray(dkv), torch.int32)
+    return meta
+
+
 class Engine:
     def __init__(self, cfg: LlamaConfig, backend: str, device="cpu", dtype=torch.float16, block_size: int = 16,
                  num_blocks: int | None = None, kv_fraction: float = 0.9, kv_headroom_gb: float = 8.0,
                  seed: int = 0, init_range: float = 1e-3, ops: str = "auto", prompt: str = "repeated",
-                 backend_options: dict | None = None, model: LlamaModel | None = None, cache: KVCache | None = None):
-        """``model`` and ``cache`` may be passed in to reuse them across runs (another backend)."""
+                 backend_options: dict | None = None, model: LlamaModel | None = None, cache: KVCache | None = None,
+                 tp: int = 1, tp_group=None):
+        """``model`` and ``cache`` may be passed in to reuse them across runs (another backend).
+        ``tp > 1`` starts a tensor-parallel group (serving/tensor_parallel.py; this process is rank
+        0, ``close()`` stops it); ``tp_group`` reuses a started one (its model and cache)."""
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
+        self._owns_group = False
+        if tp_group is None and int(tp) > 1:
+            from .tensor_parallel import TPGroup
+
+            tp_group = TPGroup.start(cfg, int(tp), device, dtype, seed=seed, init_range=init_range, ops=ops,
+                                     block_size=block_size, num_blocks=num_blocks, kv_fraction=kv_fraction,
+                                     kv_headroom_gb=kv_headroom_gb)
+            self._owns_group = True
+        self.tp_group = tp_group
+        self.tp = tp_group.tp if tp_group is not None else 1
+        if tp_group is not None:
+            if int(tp) not in (1, self.tp) or tp_group.cfg != cfg:
+                raise ValueError(f"tp_group is tp={self.tp} of {tp_group.cfg.name}; asked tp={tp} of {cfg.name}")
+            model, cache = model or tp_group.model, cache or tp_group.cache
+            if model is not tp_group.model or cache is not tp_group.cache:
+                raise ValueError("a tensor-parallel engine runs on its group's model shard and KV cache")
         self.model = model or LlamaModel(cfg, self.device, dtype, seed=seed, init_range=init_range, ops=ops)
         if cache is not None:
             self.cache = cache
@@ -71,7 +112,16 @@ class Engine:
             self.cache = KVCache.for_gpu(cfg, block_size, dtype, self.device, kv_fraction, kv_headroom_gb)
         else:
             self.cache = KVCache(cfg, num_blocks, block_size, dtype, self.device)
-        self.backend = backends_mod.create(backend, cfg, self.cache, **(backend_options or {}))
+        # the backend sees this rank's heads only (the shard config; cfg itself at tp=1)
+        local = getattr(self.model, "local", cfg)
+        self.backend_name, self.backend_options = backend, dict(backend_options or {})
+        try:
+            self.backend = backends_mod.create(backend, local, self.cache, **self.backend_options)
+            if tp_group is not None:    # the other ranks create the same backend on their shards
+                tp_group.set_backend(backend, self.backend_options)
+        except BaseException:
+            self.close()
+            raise
         if prompt not in ("repeated", "pseudo_random"):
             raise ValueError("prompt must be 'repeated' (the artifact's: one token id) or 'pseudo_random'")
         self.prompt = prompt
@@ -90,7 +140,10 @@ class Engine:
         pos = np.arange(start, start + n, dtype=np.int64)
         return (rid * 1_000_003 + pos * 7_919 + (pos * pos) % 101) % self.cfg.vocab_size
 
-    def build_meta(self, batch: Batch) -> IterationMeta:
+    def batch_arrays(self, batch: Batch) -> dict:
+        """The iteration's inputs as plain host data (numpy arrays and lists): what rank 0
+        broadcasts to the other tensor-parallel ranks, and what ``meta_from_arrays`` turns into
+        an ``IterationMeta``. Rows: prefill chunks first, then one per decode."""
         pool, bsz = self.cache.pool, self.cache.block_size
         ids, pos, slots, sample, prefills = [], [], [], [], []
         off = 0
@@ -118,24 +171,32 @@ class Engine:
             pos.append(d_pos)
             slots.append(np.asarray(dbase, dtype=np.int64) + d_pos)
             sample.extend(range(off, off + len(batch.decodes)))
-        dev = self.device
-        t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(device=dev, dtype=dt)  # noqa: E731
-        meta = IterationMeta(
-            num_tokens=batch.num_tokens, input_ids=t(np.concatenate(ids), torch.int64),
-            positions=t(np.concatenate(pos), torch.int32), slots=t(np.concatenate(slots), torch.int64),
-            sample_rows=t(np.asarray(sample, dtype=np.int64), torch.int64), prefills=prefills,
-            decode_base=dbase, decode_kv=dkv, block_size=bsz, device=dev)
-        if dkv:
-            meta.decode_base_t = t(np.asarray(dbase), torch.int32)
-            meta.decode_kv_t = t(np.asarray(dkv), torch.int32)
-        return meta
+        return {"input_ids": np.concatenate(ids).astype(np.int64), "positions": np.concatenate(pos),
+                "slots": np.concatenate(slots), "sample_rows": np.asarray(sample, dtype=np.int64),
+                "prefills": prefills, "decode_base": dbase, "decode_kv": dkv, "block_size": bsz}
+
+    def build_meta(self, batch: Batch) -> IterationMeta:
+        return meta_from_arrays(self.batch_arrays(batch), self.device)
 
     # ------------------------------------------------------------ one iteration
     @torch.inference_mode()
     def execute(self, batch: Batch, index: int = 0) -> None:
-        meta = self.build_meta(batch)
+        arrays = self.batch_arrays(batch)
+        meta = meta_from_arrays(arrays, self.device)
+        # planned before the other ranks hear of the batch: a backend refusing it (POD with two
+        # prefills) raises here with the group still in step
         self.backend.begin(meta)
-        logits = self.model.forward(meta, self.cache, self.backend, self.timer)
+        if self.tp_group is None:
+            logits = self.model.forward(meta, self.cache, self.backend, self.timer)
+        else:
+            try:
+                # another engine may share the group with another backend: the ranks follow this one
+                self.tp_group.set_backend(self.backend_name, self.backend_options)
+                self.tp_group.broadcast_iteration(arrays)
+                logits = self.model.forward(meta, self.cache, self.backend, self.timer)
+            except BaseException:
+                self.tp_group.abort()      # the ranks may be mid-collective: out of step for good
+                raise
         tokens = logits.argmax(-1).tolist()          # synchronizes with the device
         if self.keep_logits:
             self.logits_log.append(logits.float().cpu())
@@ -144,6 +205,23 @@ class Engine:
             if self.forced_tokens is not None:
                 tok = self.forced_tokens[w.req.rid][len(w.req.tokens)]
             w.req.tokens.append(int(tok))
+
+    @property
+    def gpus(self) -> int:
+        """GPUs this engine computes on (tp on CUDA, 0 on the CPU)."""
+        return self.tp if self.device.type == "cuda" else 0
+
+    def close(self) -> None:
+        """Stop the tensor-parallel group this engine started (no-op otherwise)."""
+        if self._owns_group and self.tp_group is not None:
+            self.tp_group.close()
+        self._owns_group = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     # ------------------------------------------------------------ runs
     def fresh_pool(self) -> BlockPool:

@@ -13,6 +13,11 @@ physical blocks of the whole request (prompt + output) are reserved at admission
 ever preempted, but fewer requests may run at once than under vAttention while prompts are young.
 The block range must be contiguous (first fit); with unequal request lengths a free range can be
 fragmented, which vAttention's virtual memory avoids.
+
+Tensor parallelism: each rank's cache is built from its shard config (``model.shard_config``), so
+it holds only that rank's kv heads (kv_heads / tp per token); the same block count then costs 1/tp
+of the bytes, and for_gpu fits tp times more blocks. The block ids (and so the slots) are the same
+on every rank: only rank 0 keeps a pool and schedules.
 """
 from __future__ import annotations
 
@@ -37,15 +42,23 @@ class KVCache:
         return int(budget_bytes // (cfg.kv_bytes_per_token(elem_bytes) * block_size))
 
     @classmethod
-    def for_gpu(cls, cfg: LlamaConfig, block_size: int, dtype, device, fraction: float = 0.9,
-                headroom_gb: float = 8.0, max_blocks: int | None = None) -> "KVCache":
-        """Size the cache to ``fraction`` of the GPU memory free after the weights, less
-        ``headroom_gb`` for activations and FlashInfer workspaces."""
+    def blocks_for_gpu(cls, cfg: LlamaConfig, block_size: int, dtype, device, fraction: float = 0.9,
+                       headroom_gb: float = 8.0, max_blocks: int | None = None) -> int:
+        """The blocks ``for_gpu`` would allocate on ``device`` now (tensor-parallel ranks take the
+        minimum over ranks so that their pools agree)."""
         free, _ = torch.cuda.mem_get_info(device)
         budget = max(0, int(fraction * free - headroom_gb * 2 ** 30))
         n = cls.blocks_fitting(cfg, block_size, budget, torch.empty((), dtype=dtype).element_size())
         if max_blocks:
             n = min(n, max_blocks)
+        return n
+
+    @classmethod
+    def for_gpu(cls, cfg: LlamaConfig, block_size: int, dtype, device, fraction: float = 0.9,
+                headroom_gb: float = 8.0, max_blocks: int | None = None) -> "KVCache":
+        """Size the cache to ``fraction`` of the GPU memory free after the weights, less
+        ``headroom_gb`` for activations and FlashInfer workspaces."""
+        n = cls.blocks_for_gpu(cfg, block_size, dtype, device, fraction, headroom_gb, max_blocks)
         if n < 1:
             raise MemoryError("no room for a KV cache")
         return cls(cfg, n, block_size, dtype, device)

@@ -133,7 +133,8 @@ def _write_run(run_dir: Path, run: dict, prov: dict, summary: dict, iterations=N
     tags = {"run_id": run["id"], "kind": run["kind"], "model": run.get("model", ""), "backend": run.get("backend", ""),
             "scheduler": (run.get("scheduler") or {}).get("name", ""),
             "chunk_size": (run.get("scheduler") or {}).get("chunk_size", ""),
-            "workload": json.dumps(run.get("workload", {}), sort_keys=True)}
+            "workload": json.dumps(run.get("workload", {}), sort_keys=True),
+            "tp": int(run.get("tp", 1)), "gpus": run.get("gpus", "")}
     if iterations is not None:
         _with_prov(pd.DataFrame(iterations), prov, tags).to_csv(run_dir / "iterations.csv.gz", index=False)
     if requests is not None:
@@ -167,10 +168,19 @@ def read_iterations(target_dir: Path, kinds=("window", "online")) -> pd.DataFram
 
 # ---------------------------------------------------------------- GPU stage
 class _EngineCache:
-    """One model and KV cache per (model, dtype, block size), reused by runs of other backends."""
+    """One model and KV cache per (model, dtype, block size, tp), reused by runs of other backends;
+    at ``tp`` > 1 a tensor-parallel group (serving/tensor_parallel.py) whose rank 0 is this process."""
 
     def __init__(self):
-        self.key, self.model, self.cache = None, None, None
+        self.key, self.model, self.cache, self.group = None, None, None, None
+
+    def __del__(self):
+        # main's store goes out of scope: stop the tensor-parallel workers now, not at exit
+        if getattr(self, "group", None) is not None:
+            try:
+                self.group.close()
+            except Exception:
+                pass
 
     def get(self, run: dict, device):
         import torch
@@ -181,13 +191,28 @@ class _EngineCache:
 
         cfg = model_config(run["model"])
         dtype = dtype_of(run.get("dtype", "float16"))
+        tp = int(run.get("tp", 1))
         key = (cfg, str(dtype), int(run.get("block_size", 16)), run.get("num_blocks"), str(device),
-               run.get("ops", "auto"), float(run.get("init_range", 1e-3)))
-        if key != self.key:
+               run.get("ops", "auto"), float(run.get("init_range", 1e-3)), tp)
+        if key != self.key or (self.group is not None and self.group.closed):   # closed: aborted by a failure
             self.model = self.cache = None
+            if self.group is not None:
+                self.group.close()
+                self.group = None
             gc.collect()
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()
+            if tp > 1:
+                from .tensor_parallel import TPGroup
+
+                self.key = None     # set below only once the group is up
+                self.group = TPGroup.start(
+                    cfg, tp, device, dtype, seed=int(run.get("seed", 0)), init_range=float(run.get("init_range", 1e-3)),
+                    ops=run.get("ops", "auto"), block_size=int(run.get("block_size", 16)),
+                    num_blocks=int(run["num_blocks"]) if run.get("num_blocks") else None,
+                    kv_fraction=float(run.get("kv_fraction", 0.9)), kv_headroom_gb=float(run.get("kv_headroom_gb", 8.0)))
+                self.key, self.model, self.cache = key, self.group.model, self.group.cache
+                return cfg, dtype, self.model, self.cache
             model = LlamaModel(cfg, device, dtype, seed=int(run.get("seed", 0)), init_range=float(run.get("init_range", 1e-3)),
                                ops=run.get("ops", "auto"))
             if run.get("num_blocks"):
@@ -203,14 +228,18 @@ def _engine(run: dict, cache_store: _EngineCache, device):
     from .engine import Engine
 
     cfg, dtype, model, cache = cache_store.get(run, device)
-    return Engine(cfg, run["backend"], device, dtype, block_size=cache.block_size, model=model, cache=cache,
-                  prompt=run.get("prompt", "repeated"), backend_options=run.get("backend_options") or {})
+    engine = Engine(cfg, run["backend"], device, dtype, block_size=cache.block_size, model=model, cache=cache,
+                    prompt=run.get("prompt", "repeated"), backend_options=run.get("backend_options") or {},
+                    tp_group=cache_store.group)
+    run["tp"], run["gpus"] = engine.tp, engine.gpus     # tags of every row this run writes (_write_run)
+    return engine
 
 
 def _kv_info(engine) -> dict:
     c = engine.cache
     return {"num_blocks": c.num_blocks, "block_size": c.block_size, "kv_capacity_tokens": c.capacity_tokens,
-            "backend_impl": engine.backend.info().get("impl", ""), "ops_impl": engine.model.impl}
+            "backend_impl": engine.backend.info().get("impl", ""), "ops_impl": engine.model.impl,
+            "tp": engine.tp, "gpus": engine.gpus}
 
 
 def run_window(run, out_dir, prov, store, device):
@@ -315,11 +344,11 @@ def _resolve_qps(run, target_root: Path):
     if not cal_file.exists():   # fit it now from that config's GPU runs (the CPU stage refits it the same way)
         run_calibrate({"sources": [q["calibration"]]}, target_root / q["calibration"], target_root)
     cal = load_models(cal_file)
-    key = f"{run['model']}|{q.get('backend', 'FA_Serial')}"
+    key = calibration_key(run["model"], q.get("backend", "FA_Serial"), run.get("tp", 1))
     if key not in cal["models"]:
         raise KeyError(f"{run['id']}: no calibration for {key} in {q['calibration']}/calibration.json")
     lat = LatencyModel.from_dict(cal["models"][key])
-    kv = cal["kv"][run["model"]]
+    kv = cal["kv"][calibration_key(run["model"], tp=run.get("tp", 1))]
     wl = {k: v for k, v in run["workload"].items() if k != "qps"}
     specs = build_workload(wl)
     cap = capacity_qps(specs, q.get("scheduler", run["scheduler"]), kv["num_blocks"], kv["block_size"], lat)
@@ -506,6 +535,9 @@ def run_check(run, out_dir, prov, device):
     from kernels.workload import dtype_of
     from .model import LlamaConfig, model_config
 
+    if int(run.get("tp", 1)) != 1:
+        raise ValueError(f"{run['id']}: tp: {run['tp']} — the backend check runs at TP1 only (tests/test_serving_tp.py "
+                         "checks TP against TP1)")
     cfg = model_config(run["model"])
     if run.get("layers"):
         cfg = LlamaConfig(**{**cfg.__dict__, "name": f"{cfg.name}-{run['layers']}l", "layers": int(run["layers"])})
@@ -558,14 +590,14 @@ def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: s
     from experiments import build as kernel_build
 
     from .backends import registered
-    from .model import model_config
+    from .model import model_config, shard_config
 
     shapes, methods = {}, []
     for path in configs:
         for run in expand_runs(load_config(path, smoke)):
             if run["kind"] not in GPU_KINDS:
                 continue
-            cfg = model_config(run["model"])
+            cfg = shard_config(model_config(run["model"]), int(run.get("tp", 1)))   # one rank's heads
             dtype = run.get("dtype", "float16")
             shapes[(cfg.q_heads, cfg.kv_heads, cfg.head_dim, dtype)] = run["model"] \
                 if isinstance(run["model"], str) else "custom"
@@ -575,8 +607,12 @@ def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: s
                     if m not in methods:
                         methods.append(m)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = root / "build"
+    out.mkdir(parents=True, exist_ok=True)
     if torch.device(device).type != "cuda" or not methods:
-        print(f"build: nothing to compile on {device} (the serving backends run PyTorch code there)")
+        note = f"nothing to compile on {device} (the serving backends run PyTorch code there)"
+        print(f"build: {note}")
+        (out / "serving_kernels.json").write_text(json.dumps({"device": device, "methods": {}, "note": note}) + "\n")
         return 0
     doc = {"name": "serving_kernels",
            "description": "generated by serving.run --stage build: the kernels of the serving configs' GPU runs",
@@ -584,14 +620,20 @@ def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: s
            "configs": [{"model": {"name": f"{name}-shape", "q_heads": q, "kv_heads": kv, "head_dim": hd},
                         "dtype": dt, "prefill_len": 64, "prefill_kv_len": 192, "decode_batch": 4, "decode_ctx": 100}
                        for (q, kv, hd, dt), name in shapes.items()]}
-    out = root / "build"
-    out.mkdir(parents=True, exist_ok=True)
     (out / "serving_kernels.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return kernel_build.main([str(out / "serving_kernels.yaml"), "--out", str(out / "serving_kernels.json"),
                               "--device", device])
 
 
 # ---------------------------------------------------------------- CPU stage
+def calibration_key(model: str, backend: str | None = None, tp=1) -> str:
+    """Key of a latency model (model, backend) or of a KV size (model) in calibration.json: TP1
+    keeps the plain names, TP>1 adds ``tpN`` (its iterations and per-GPU cache differ)."""
+    tp = 1 if tp is None or (isinstance(tp, float) and math.isnan(tp)) else int(tp)
+    parts = [str(model)] + ([f"tp{tp}"] if tp != 1 else []) + ([str(backend)] if backend is not None else [])
+    return "|".join(parts)
+
+
 def run_calibrate(run, target_dir: Path, target_root: Path):
     """Fit one latency model per (model, backend) to the measured, non-warm-up iterations of the
     ``sources`` configs' GPU runs (``kinds``: windows and profiles by default, so online runs stay
@@ -605,7 +647,9 @@ def run_calibrate(run, target_dir: Path, target_root: Path):
     df = df[(df["measured"]) & (~df["warmup"])]
     models, kv, stats = {}, {}, []
     outlier = float(run.get("outlier_rel", 1.0))
-    for (model, backend), g in df.groupby(["model", "backend"]):
+    if "tp" not in df:
+        df = df.assign(tp=1)
+    for (model, backend, tp), g in df.fillna({"tp": 1}).groupby(["model", "backend", "tp"]):
         rows = g.to_dict("records")
         m = LatencyModel.fit(rows)
         # one robust pass: leave out iterations far off the fit (a JIT compile, a clock dip), refit
@@ -614,13 +658,14 @@ def run_calibrate(run, target_dir: Path, target_root: Path):
         if dropped and len(keep) >= 10:
             m = LatencyModel.fit(keep)
         gpus = ", ".join(sorted(map(str, g["gpu_name"].dropna().unique()))) if "gpu_name" in g else ""
-        models[f"{model}|{backend}"] = {**m.to_dict(), "dropped_outliers": dropped, "gpu_name": gpus}
-        stats.append({"model": model, "backend": backend, **m.stats, "dropped_outliers": dropped})
+        models[calibration_key(model, backend, tp)] = {**m.to_dict(), "dropped_outliers": dropped, "gpu_name": gpus}
+        stats.append({"model": model, "backend": backend, "tp": int(tp), **m.stats, "dropped_outliers": dropped})
     for f in sorted(itertools.chain.from_iterable((target_root / s).glob("runs/*/summary.csv") for s in run["sources"])):
         s = pd.read_csv(f)
         if "num_blocks" in s and len(s) and s["kind"].iloc[0] in ("window", "online", "profile"):
             r = s.iloc[0]
-            kv.setdefault(r["model"], {"num_blocks": int(r["num_blocks"]), "block_size": int(r["block_size"])})
+            kv.setdefault(calibration_key(r["model"], tp=r.get("tp", 1)),
+                          {"num_blocks": int(r["num_blocks"]), "block_size": int(r["block_size"])})
     target_dir.mkdir(parents=True, exist_ok=True)
     save_models(target_dir / "calibration.json", {"models": models, "kv": kv, "sources": run["sources"]})
     pd.DataFrame(stats).to_csv(target_dir / "calibration_fit.csv", index=False)
@@ -631,11 +676,11 @@ def _load_calibration(run, target_root):
     from .simulator import LatencyModel, load_models
 
     cal = load_models(target_root / run["calibration"] / "calibration.json")
-    key = f"{run['model']}|{run['backend']}"
+    key = calibration_key(run["model"], run["backend"], run.get("tp", 1))
     if key not in cal["models"]:
         raise KeyError(f"no calibration for {key} in {run['calibration']}/calibration.json "
                        f"(have: {', '.join(sorted(cal['models']))})")
-    kv = run.get("kv") or cal["kv"][run["model"]]
+    kv = run.get("kv") or cal["kv"][calibration_key(run["model"], tp=run.get("tp", 1))]
     run["_calibrated_on"] = cal["models"][key].get("gpu_name", "")
     return LatencyModel.from_dict(cal["models"][key]), kv
 
@@ -703,7 +748,7 @@ def run_validate(run, target_dir: Path, target_root: Path):
         exact = all(_same(rep.get(k), measured.get(k)) for k in measured if k in rep)
         rows.append({"run_id": meta["id"], "check": "replay", "metric": "all", "measured": float("nan"),
                      "simulated": float("nan"), "rel_err": 0.0 if exact else float("nan"), "limit": 0.0, "pass": exact})
-        key = f"{meta['model']}|{meta['backend']}"
+        key = calibration_key(meta["model"], meta["backend"], meta.get("tp", 1))
         if key not in cal["models"]:
             continue
         lat = LatencyModel.from_dict(cal["models"][key])
@@ -731,7 +776,7 @@ def _same(a, b) -> bool:
 
 # ---------------------------------------------------------------- driver
 def aggregate(target_dir: Path) -> Path | None:
-    frames = [pd.read_csv(f) for f in sorted(target_dir.glob("runs/*/summary.csv"))]
+    frames = [pd.read_csv(f) for f in sorted(target_dir.glob("runs/*/summary.csv")) + sorted(target_dir.glob("sim/*/summary.csv"))]
     if not frames:
         return None
     out = target_dir / "summary.csv"
@@ -771,7 +816,8 @@ def main(argv=None) -> int:
             stage = "gpu" if kind in GPU_KINDS else "cpu"
             if args.stage not in ("all", stage) or (args.only and args.only not in run["id"]):
                 continue
-            run_dir = target_dir / "runs" / run["id"]
+            # measured runs under runs/, the CPU stage's simulations under sim/ (derived: rebuilt from runs/)
+            run_dir = target_dir / ("runs" if kind in GPU_KINDS else "sim") / run["id"]
             if kind not in ("calibrate", "validate") and (run_dir / "done.json").exists() and not args.force:
                 print(f"[skip] {doc['name']}/{run['id']} (done)")
                 continue

@@ -106,7 +106,8 @@ def test_smoke_chain_resumes_and_validates(tmp_path, capsys):
     replay = val[val["check"] == "replay"]
     assert len(replay) == 1 and replay["pass"].all()            # the simulator reproduces the engine exactly
     assert set(val[val["check"] == "calibrated_model"]["metric"]) >= {"request_throughput", "ttft_p50", "e2el_p99"}
-    s = pd.read_csv(runs / "s-FA_Serial" / "summary.csv").iloc[0]
+    assert not (runs / "s-FA_Serial").exists()       # derived: the simulations live apart from the measured runs
+    s = pd.read_csv(out / "mini" / "sim" / "s-FA_Serial" / "summary.csv").iloc[0]
     assert s["completed"] == 12 and s["capacity_qps"] > 0 and s["qps"] == pytest.approx(0.8 * s["capacity_qps"])
     summary = pd.read_csv(out / "mini" / "summary.csv")
     assert set(summary["run_id"]) == {"w-sarathi-FA_Serial", "w-vllm-FA_Serial", "on", "s-FA_Serial"}
@@ -135,3 +136,57 @@ def test_run_tags_fill_but_never_overwrite_a_tables_columns(tmp_path):
     _write_run(tmp_path / "b", {"id": "b", "kind": "breakdown", "backend": "POD"}, {}, {"contexts": 1},
                extra_csv=("breakdown.csv", pd.DataFrame([{"context": 1024, "total_s": 0.1}])))
     assert pd.read_csv(tmp_path / "b" / "breakdown.csv")["backend"].tolist() == ["POD"]
+
+
+def test_profile_times_the_grid_and_feeds_the_calibration(tmp_path):
+    doc = {"name": "prof", "defaults": SMALL["defaults"],
+           "runs": [{"kind": "profile", "id": "p-{backend}", "backend": "FA_Serial", "repeats": 1,
+                     "prefill": [[0, 0], [16, 16], [32, 200]], "decodes": [[0, 0], [3, 40], [40, 300]],
+                     "points": [[100, 100, 0, 0], [16, 900, 0, 0]]},
+                    {"kind": "calibrate", "sources": ["prof"]}]}
+    cfg = tmp_path / "prof.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    assert main([str(cfg), "--out", str(out)]) == 0
+    run = out / "prof" / "runs" / "p-FA_Serial"
+    its = pd.read_csv(run / "iterations.csv.gz")
+    summ = pd.read_csv(run / "summary.csv").iloc[0]
+    # 3 x 3 grid minus the empty batch; 40 decodes of 300 keys (40 x 19 blocks) and a 900-key prefill
+    # do not fit 64 blocks of 16 tokens: skipped, and said so
+    assert summ["skipped_not_fitting"] == 3 and summ["points"] == len(its) == 3 * 3 - 1 - 2 + 1
+    assert set(zip(its["prefill_tokens"], its["num_decodes"])) == {(0, 3), (16, 0), (16, 3), (32, 0), (32, 3), (100, 0)}
+    assert (its["duration"] > 0).all() and its["measured"].all() and not its["warmup"].any()
+    assert (its["kind"] == "profile").all() and (its[its["prefill_tokens"] == 32]["prefill_kv"] == 200).all()
+    cal = json.loads((out / "prof" / "calibration.json").read_text())
+    assert "tiny|FA_Serial" in cal["models"] and cal["models"]["tiny|FA_Serial"]["stats"]["n"] == len(its)
+
+
+def test_build_stage_writes_its_marker_and_compiles_nothing_on_the_cpu(tmp_path, capsys):
+    cfg = tmp_path / "mini.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    assert main([str(cfg), "--out", str(tmp_path / "o"), "--stage", "build", "--device", "cpu"]) == 0
+    marker = json.loads((tmp_path / "o" / "build" / "serving_kernels.json").read_text())
+    assert marker["device"] == "cpu" and marker["methods"] == {} and "nothing to compile" in capsys.readouterr().out
+
+
+def test_build_stage_lists_every_gpu_runs_kernels(tmp_path, monkeypatch):
+    import experiments.build as kernel_build
+    import serving.run as srun
+
+    seen = {}
+    monkeypatch.setattr(kernel_build, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    doc = {"name": "b", "defaults": {"model": "llama-3-8b"},
+           "runs": [{"kind": "window", "id": "w-{backend}", "matrix": {"backend": ["FA_Serial", "FI_POD"]}},
+                    {"kind": "check", "id": "c", "model": "yi-6b", "backends": ["POD"]},
+                    {"kind": "simulate", "id": "s", "backend": "FI_Batched"}]}   # CPU stage: nothing to build
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    assert srun.build_kernels([str(cfg)], tmp_path / "o", device="cuda") == 0
+    exp = yaml.safe_load((tmp_path / "o" / "build" / "serving_kernels.yaml").read_text())
+    assert exp["methods"] == ["FA_prefill", "FA_decode", "FI_POD", "FI_prefill_fa2", "FI_decode",
+                              "OURS_prefill", "OURS_decode", "POD"]
+    assert [(c["model"]["q_heads"], c["model"]["kv_heads"]) for c in exp["configs"]] == [(32, 8), (32, 4)]
+    assert seen["argv"][0].endswith("serving_kernels.yaml")
+    from experiments.grid import load_experiment
+
+    assert load_experiment(str(tmp_path / "o" / "build" / "serving_kernels.yaml")).name == "serving_kernels"

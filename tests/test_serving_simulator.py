@@ -71,3 +71,26 @@ def test_capacity_is_the_saturating_load():
     low = summarize(simulate(make_requests(lengths, poisson_arrivals(40, 0.3 * q)), SARATHI, 2000, 16, lat).requests)
     high = summarize(simulate(make_requests(lengths, poisson_arrivals(40, 3 * q)), SARATHI, 2000, 16, lat).requests)
     assert high["ttft_p50"] > 3 * low["ttft_p50"]
+
+
+def test_fit_finds_the_gemm_knee_and_keeps_relative_errors_small():
+    """Below the knee the weight GEMMs cost the same for any token count; a straight line in tokens
+    would overestimate small decode batches by the intercept it needs for large prefills."""
+    def truth(f):
+        return 4e-3 + 3e-5 * max(f["num_tokens"], 256) + 5e-9 * f["decode_kv"]
+
+    rng = random.Random(1)
+    rows = []
+    for _ in range(200):
+        b = _batch(rng.choice([0, 0, 64, 512, 1024]), rng.randrange(0, 8000, 512),
+                   [rng.randrange(100, 8000) for _ in range(rng.choice([0, 1, 2, 8, 32, 128]))])
+        if not b.empty:
+            rows.append({**b.features(), "duration": truth(b.features())})
+    m = LatencyModel.fit(rows)
+    assert m.coef["knee"] == 256
+    assert m.stats["max_abs_rel_err"] < 1e-6
+    small = [r for r in rows if r["num_tokens"] <= 8]
+    assert small and all(abs(m.predict_features(r) / r["duration"] - 1) < 1e-6 for r in small)
+    # without the knee (a model saved before it existed) the same rows fit worse
+    old = LatencyModel.from_dict({"coef": {k: v for k, v in m.coef.items() if k != "knee"}})
+    assert max(abs(old.predict_features(r) / r["duration"] - 1) for r in small) > 0.05
