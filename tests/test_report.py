@@ -32,14 +32,29 @@ def same(cell, value, digits):
     return abs(num(cell) - value) <= 0.5 * 10 ** -digits + 1e-12
 
 
+SERVING = report.ROOT / "results" / "serving"
+
+
 @pytest.fixture(scope="module")
 def text():
-    return report.render(PAPER, TABLES)
+    return report.render(PAPER, TABLES, serving=SERVING)
 
 
-def test_shipped_report_is_what_the_tables_give():
+def test_shipped_report_is_what_the_tables_give(text):
     """results/REPORT.md as committed is exactly what the generator writes from the tables."""
-    assert (report.ROOT / "results" / "REPORT.md").read_text() == report.render(PAPER, TABLES)
+    assert (report.ROOT / "results" / "REPORT.md").read_text() == text
+
+
+def test_serving_numbers_equal_the_serving_tables(text):
+    section = text.split("## Serving (end-to-end)\n", 1)[1]
+    f12 = pd.read_csv(SERVING / "tables" / "figure12.csv")
+    rows = {r.split(" | ")[0].strip("| "): r for r in section.split("### figure12", 1)[1].split("### ", 1)[0].splitlines()
+            if r.startswith("| ") and not r.startswith("| model")}
+    assert set(rows) == set(f12["model"])
+    for r in f12.itertuples():
+        assert f"{r.sim_requests_per_minute:.1f} ({r.window_requests_per_minute:.1f})" in rows[r.model]
+    table5 = [line for line in (SERVING / "tables" / "table5.md").read_text().splitlines() if line.startswith("|")]
+    assert table5 and all(line in section.splitlines() for line in table5)
 
 
 @pytest.mark.parametrize("name", [n for n in PAPER if n != "figure7"])

@@ -12,6 +12,7 @@ rule report:
     """The paper targets' headline numbers, read from their tables."""
     input:
         report_inputs(REPORT_NAMES),
+        serving_targets(),
     output:
         update(f"{RESULTS}/REPORT.md"),
     log:
@@ -19,10 +20,11 @@ rule report:
     params:
         names=" ".join(REPORT_NAMES),
         tables=lambda wildcards, output: Path(output[0]).parent / "tables",
+        serving=lambda wildcards, output: f"--serving {Path(output[0]).parent / 'serving'}" if serving_targets() else "",
     conda:
         "../envs/harness.yaml"
     shell:
-        "python -m analysis.report {params.names} --tables {params.tables} --out {output} > {log} 2>&1"
+        "python -m analysis.report {params.names} --tables {params.tables} {params.serving} --out {output} > {log} 2>&1"
 
 
 rule studies_report:
