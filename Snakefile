@@ -18,11 +18,15 @@ for _key in ("smoke", "use_shipped_results"):
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
-# GPU jobs (build, sweep shards) declare gpu=1. On one machine they must queue for its GPU even
-# when no profile says how many there are (`snakemake figure11` as written): one slot by default,
-# `--resources gpu=N` for N GPUs. A cluster executor schedules GPUs itself.
+# GPU jobs (build, sweep shards, ...) declare gpu=1 and start through experiments/gpu_slot.py,
+# which pins each to a GPU no other job holds. On one machine they queue for its GPUs even when no
+# profile says how many there are (`snakemake figure11` as written): one slot per GPU that
+# CUDA_VISIBLE_DEVICES or else `nvidia-smi -L` lists (counted without CUDA), 1 where none is found;
+# `--resources gpu=1` uses one GPU. A cluster executor schedules GPUs itself.
 if workflow.local_exec and "gpu" not in workflow.global_resources:
-    workflow.register_resource("gpu", 1)
+    from experiments.gpu_slot import gpu_count
+
+    workflow.register_resource("gpu", gpu_count())
 
 
 include: "workflow/rules/common.smk"
@@ -38,13 +42,14 @@ if not config["use_shipped_results"]:
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plot.smk"
 include: "workflow/rules/microbench.smk"
+include: "workflow/rules/serving.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_targets() + microbench_targets(),
+        all_targets() + microbench_targets() + serving_targets(),
         f"{RESULTS}/REPORT.md",
 
 

@@ -62,6 +62,10 @@ def _nvml_info(device) -> dict:
 
         pynvml.nvmlInit()
         try:
+            if not uuid and os.environ.get("CUDA_VISIBLE_DEVICES"):
+                # NVML numbers GPUs ignoring CUDA_VISIBLE_DEVICES (a pinned job sees its GPU as 0):
+                # without a UUID the index would name another GPU, so read no clocks
+                raise LookupError("no GPU UUID under CUDA_VISIBLE_DEVICES")
             h = (pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid else
                  pynvml.nvmlDeviceGetHandleByIndex(device.index or 0))
             drv = pynvml.nvmlSystemGetDriverVersion()

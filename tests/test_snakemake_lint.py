@@ -93,7 +93,8 @@ def test_dry_run_timeline_traced_on_gpu_and_in_smoke_runs():
     result = snakemake(["-n", "-p", "--forceall", "pod_timeline"])
     assert result.returncode == 0, result.stdout + result.stderr
     trace = _shell_line(result.stdout, "experiments.timeline").removeprefix("Shell command: ")
-    assert trace.startswith("exec python -m experiments.timeline experiments/studies/pod_timeline.yaml "
+    assert trace.startswith("exec python -m experiments.gpu_slot --gpus 1 -- python -m experiments.timeline "
+                            "experiments/studies/pod_timeline.yaml "
                             "--journal results-new/journal/pod_timeline/timeline/ctas.csv.gz "
                             "--out results-new/raw/pod_timeline/timeline/ctas.csv.gz --stop-with-parent --device cuda")
     assert ".partial" not in trace and "&& mv" not in trace

@@ -13,5 +13,7 @@ rule build:
     conda:
         "../envs/harness.yaml"
     shell:
-        # progress lines (what compiles, for which shapes) go to the console and to the log
+        # progress lines (what compiles, for which shapes) go to the console and to the log; gpu_slot
+        # pins the build to a GPU of its own (builds of two experiments may run side by side)
+        "python -m experiments.gpu_slot --gpus {resources.gpu} -- "
         "python -u -m experiments.build {input.experiment} --out {output} {params.flags} 2>&1 | tee {log}"

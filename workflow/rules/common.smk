@@ -182,12 +182,59 @@ def require_gpu_if_needed():
     """
     if SMOKE or SHIPPED or not config["device"].startswith("cuda") or not workflow.local_exec:
         return
-    if not any(job.rule.name in ("build", "sweep_shard", "profile_ncu", "trace_timeline", "run_microbench") for job in workflow.dag.needrun_jobs()):
+    if not any(job.rule.name in ("build", "sweep_shard", "profile_ncu", "trace_timeline", "run_microbench",
+                                                   "serving_build", "serving_gpu") for job in workflow.dag.needrun_jobs()):
         return
     import torch
 
     if not torch.cuda.is_available():
         raise WorkflowError(NO_GPU_MESSAGE)
+
+
+# ---- serving (the end-to-end half): experiments/serving/<target>.yaml, outputs under <results>/serving/
+SERVING = f"{RESULTS}/serving"
+SERVING_TARGETS = ["figure12", "table5", "figure15", "figure4"]
+SERVING_FLAGS = "--smoke" if SMOKE else ""
+# configs whose GPU runs a config's GPU stage needs first (table5 sizes its load from figure12's)
+SERVING_GPU_NEEDS = {"figure12": [], "table5": ["figure12"], "figure15": [], "figure4": []}
+# configs whose GPU runs a config's CPU stage reads (calibration sources, runs to validate)
+SERVING_CPU_NEEDS = {"figure12": ["figure12"], "table5": ["figure12", "table5"], "figure15": ["figure12"],
+                     "figure4": ["figure4"]}
+SERVING_FIGURES = ["figure12", "figure15", "figure4"]
+
+
+def serving_shipped(target):
+    """True when the shipped results hold GPU runs of ``target``."""
+    return any(Path(f"{SERVING}/{target}/runs").glob("*/done.json"))
+
+
+def serving_cpu_inputs(wildcards):
+    needs = SERVING_CPU_NEEDS[wildcards.target]
+    if SHIPPED:
+        missing = [t for t in needs if not serving_shipped(t)]
+        if missing:
+            raise WorkflowError(
+                f"use_shipped_results=true but {SERVING}/{', '.join(missing)} holds no GPU runs: "
+                f"run them on a GPU (`snakemake {wildcards.target}`)."
+            )
+        return []
+    return [f"{SERVING}/{t}/gpu.done" for t in needs]
+
+
+def serving_outputs(target):
+    if target == "table5":
+        return [f"{SERVING}/tables/table5.csv", f"{SERVING}/tables/table5.md"]
+    return [f"{SERVING}/figures/{target}.png", f"{SERVING}/tables/{target}.csv"]
+
+
+def serving_targets():
+    """Targets for `all` (the lead adds them to rule all); with shipped results only those whose
+    GPU runs were shipped."""
+    targets = SERVING_TARGETS
+    if SHIPPED:
+        targets = [t for t in SERVING_TARGETS if all(serving_shipped(s) for s in SERVING_CPU_NEEDS[t])]
+    return [f for t in targets for f in serving_outputs(t)]
+
 
 
 # A target per experiment, paper target or study, named after it (`snakemake figure11`, `snakemake pod_knobs`).

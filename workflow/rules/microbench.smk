@@ -33,6 +33,7 @@ if not SHIPPED:
         conda:
             "../envs/harness.yaml"
         shell:
+            "exec python -m experiments.gpu_slot --gpus {resources.gpu} -- "
             "python -m experiments.microbench_run {input.config} --binary {input.binary} --out {output} > {log} 2>&1"
 
 

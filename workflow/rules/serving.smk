@@ -4,51 +4,6 @@
 # Everything lives under <results>/serving/ so that no path meets the kernel experiments' rules.
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
-
-SERVING = f"{RESULTS}/serving"
-SERVING_TARGETS = ["figure12", "table5", "figure15", "figure4"]
-SERVING_FLAGS = "--smoke" if SMOKE else ""
-# configs whose GPU runs a config's GPU stage needs first (table5 sizes its load from figure12's)
-SERVING_GPU_NEEDS = {"figure12": [], "table5": ["figure12"], "figure15": [], "figure4": []}
-# configs whose GPU runs a config's CPU stage reads (calibration sources, runs to validate)
-SERVING_CPU_NEEDS = {"figure12": ["figure12"], "table5": ["figure12", "table5"], "figure15": ["figure12"],
-                     "figure4": ["figure4"]}
-SERVING_FIGURES = ["figure12", "figure15", "figure4"]
-
-
-def serving_shipped(target):
-    """True when the shipped results hold GPU runs of ``target``."""
-    return any(Path(f"{SERVING}/{target}/runs").glob("*/done.json"))
-
-
-def serving_cpu_inputs(wildcards):
-    needs = SERVING_CPU_NEEDS[wildcards.target]
-    if SHIPPED:
-        missing = [t for t in needs if not serving_shipped(t)]
-        if missing:
-            raise WorkflowError(
-                f"use_shipped_results=true but {SERVING}/{', '.join(missing)} holds no GPU runs: "
-                f"run them on a GPU (`snakemake {wildcards.target}`)."
-            )
-        return []
-    return [f"{SERVING}/{t}/gpu.done" for t in needs]
-
-
-def serving_outputs(target):
-    if target == "table5":
-        return [f"{SERVING}/tables/table5.csv", f"{SERVING}/tables/table5.md"]
-    return [f"{SERVING}/figures/{target}.png", f"{SERVING}/tables/{target}.csv"]
-
-
-def serving_targets():
-    """Targets for `all` (the lead adds them to rule all); with shipped results only those whose
-    GPU runs were shipped."""
-    targets = SERVING_TARGETS
-    if SHIPPED:
-        targets = [t for t in SERVING_TARGETS if all(serving_shipped(s) for s in SERVING_CPU_NEEDS[t])]
-    return [f for t in targets for f in serving_outputs(t)]
-
 
 wildcard_constraints:
     target=one_of(SERVING_TARGETS),
@@ -57,10 +12,31 @@ wildcard_constraints:
 
 if not SHIPPED:
 
+    rule serving_build:
+        """Compile every kernel the serving configs' GPU runs call (FlashInfer JIT, Triton), in
+        parallel, once per machine, before anything is timed."""
+        input:
+            configs=expand("experiments/serving/{target}.yaml", target=SERVING_TARGETS),
+        output:
+            f"{SERVING}/build/serving_kernels.json",
+        log:
+            f"{LOGS}/serving/build.log",
+        params:
+            flags=SERVING_FLAGS,
+            root=lambda wildcards, output: str(Path(output[0]).parent.parent),
+        resources:
+            gpu=GPU_JOB,
+        conda:
+            "../envs/harness.yaml"
+        shell:
+            "exec python -m experiments.gpu_slot --gpus {resources.gpu} -- "
+            "python -m serving.run {input.configs} --out {params.root} --stage build {params.flags} > {log} 2>&1"
+
     rule serving_gpu:
         """The engine's runs of one config (resumable: finished runs are skipped)."""
         input:
             config="experiments/serving/{target}.yaml",
+            build=f"{SERVING}/build/serving_kernels.json",
             needs=lambda wildcards: [f"{SERVING}/{t}/gpu.done" for t in SERVING_GPU_NEEDS[wildcards.target]],
         output:
             touch(f"{SERVING}/{{target}}/gpu.done"),
@@ -74,6 +50,7 @@ if not SHIPPED:
         conda:
             "../envs/harness.yaml"
         shell:
+            "exec python -m experiments.gpu_slot --gpus {resources.gpu} -- "
             "python -m serving.run {input.config} --out {params.root} --stage gpu {params.flags} > {log} 2>&1"
 
 

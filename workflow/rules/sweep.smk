@@ -17,8 +17,10 @@ rule sweep_shard:
     shell:
         # Rows go to a journal Snakemake does not own and never deletes (not even when it throws
         # away an incomplete shard CSV): a rerun resumes from it and recomputes no finished row.
-        # exec makes the runner Snakemake's own child, so --stop-with-parent sees a killed workflow.
-        "exec python -m experiments.run {input.experiment} --shard {wildcards.i}/{wildcards.n} "
+        # exec makes the runner Snakemake's own child, so --stop-with-parent sees a killed workflow;
+        # gpu_slot pins it to a GPU no other job holds and execs it in turn (the same process).
+        "exec python -m experiments.gpu_slot --gpus {resources.gpu} -- "
+        "python -m experiments.run {input.experiment} --shard {wildcards.i}/{wildcards.n} "
         "--journal {params.journal} --out {output} --stop-with-parent {params.flags} > {log} 2>&1"
 
 
@@ -40,7 +42,8 @@ rule profile_ncu:
         "../envs/harness.yaml"
     shell:
         # as sweep_shard: lines go to a journal Snakemake never deletes, --out is written whole at the end
-        "exec python -m experiments.profile {input.experiment} --journal {params.journal} --out {output} "
+        "exec python -m experiments.gpu_slot --gpus {resources.gpu} -- "
+        "python -m experiments.profile {input.experiment} --journal {params.journal} --out {output} "
         "--stop-with-parent --no-progress > {log} 2>&1"
 
 
@@ -65,5 +68,6 @@ rule trace_timeline:
     shell:
         # as sweep_shard: launches go to a (gzipped) journal Snakemake never deletes, --out is
         # written whole at the end, so a rerun traces no launch that had finished
-        "exec python -m experiments.timeline {input.experiment} --journal {params.journal} --out {output} "
+        "exec python -m experiments.gpu_slot --gpus {resources.gpu} -- "
+        "python -m experiments.timeline {input.experiment} --journal {params.journal} --out {output} "
         "--stop-with-parent {params.flags} --no-progress > {log} 2>&1"
