@@ -11,7 +11,7 @@ the nvcc builds overlap. The marker JSON records, per method label, ok/unavailab
 reason and the seconds spent; only "--device cuda without a GPU" fails the build.
 
 When a method's plan asks our POD kernels' cost model (``POD`` and ``OURS_CTA`` with
-``ctas_per_sm: auto``) and the device is a GPU, the build step first gets the device's calibration
+``plan: model`` and ``ctas_per_sm: auto``; the default plan is the threshold rule) and the device is a GPU, the build step first gets the device's calibration
 (kernels/pod/calibration.py: $POD_CALIBRATION, the per-device cache, or measured now, ~1 min, before
 any compiler thread starts so nothing else loads the GPU), writes a copy next to the marker
 (``<marker stem>.calibration.json``), logs its fitted parameters and names it in the marker. The

@@ -2,9 +2,10 @@
 
 All six run the same prefill and decode device functions (kernels/pod/kernel.py); they differ only
 in how CTAs find their work. Options from the YAML are PodConfig fields (kernels/pod/plan.py).
-``POD`` with ``ctas_per_sm: auto`` asks the device's calibrated cost model (kernels/pod/calibration.py)
-whether to run serial (exactly OURS_Serial's two launches) or fused with 2 or 4 CTAs per SM; its
-``impl`` says which ran, the predictions and the calibration used.
+``POD`` with ``plan: model`` and ``ctas_per_sm: auto`` asks the device's calibrated cost model
+(kernels/pod/calibration.py) whether to run serial (exactly OURS_Serial's two launches) or fused with
+2 or 4 CTAs per SM; its ``impl`` says which ran, the predictions and the calibration used. The
+default plan (``thresholds``) always fuses.
 """
 from __future__ import annotations
 
@@ -62,21 +63,23 @@ class _TritonPod(Method):
         cal = self._calibration(batch.device) if mode not in (MODE_PREFILL, MODE_DECODE) else None
         return make_plan(batch.spec, mode, num_sms(batch.device), config or self.config, kind, calibration=cal)
 
+    def _prepare_serial(self, batch, paged, **record):
+        """Our prefill launch then our decode launch (OURS_Serial's), on two streams if ``streams``."""
+        plan_p, plan_d = self._plan(batch, MODE_PREFILL), self._plan(batch, MODE_DECODE)
+        self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict(), **record}
+        return prepare_serial(batch, plan_p, plan_d, paged, streams=self.streams)
+
     def prepare(self, batch):
         paged = self.config.kv_layout == "paged"
         if self.serial:
-            plan_p, plan_d = self._plan(batch, MODE_PREFILL), self._plan(batch, MODE_DECODE)
-            self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict()}
-            return prepare_serial(batch, plan_p, plan_d, paged, streams=self.streams)
+            return self._prepare_serial(batch, paged)
         if self.mode != MODE_POD:
             plan = self._plan(batch, self.mode)
             self.last_plan = plan.as_dict()
             return prepare_launch(batch, plan, paged)
         choice = choose_execution(batch.spec, self.config, self._calibration(batch.device))
         if choice.kind == "serial":
-            plan_p, plan_d = self._plan(batch, MODE_PREFILL), self._plan(batch, MODE_DECODE)
-            self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict(), "choice": asdict(choice)}
-            return prepare_serial(batch, plan_p, plan_d, paged)
+            return self._prepare_serial(batch, paged, choice=asdict(choice))
         plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=choice.ctas_per_sm))
         self.last_plan = {**plan.as_dict(), "choice": asdict(choice)}
         return prepare_launch(batch, plan, paged)
