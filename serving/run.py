@@ -332,25 +332,22 @@ def window_plan(run: dict, specs, num_blocks: int, block_size: int) -> dict:
 
 
 def _resolve_qps(run, target_root: Path):
-    """``qps`` as a number, or {capacity_fraction, calibration: <config name>, backend, n_capacity}:
-    that fraction of the saturating load of the workload's requests (simulated with the calibration)."""
-    from .simulator import LatencyModel, capacity_qps, load_models
+    """``qps`` as a number, or {capacity_fraction, calibration: <config name> (default: the run's),
+    backend, scheduler}: that fraction of the saturating load of the workload's requests, simulated
+    with that backend's calibrated latency model. Returns (qps, what the summary records)."""
+    from .simulator import capacity_qps
     from .trace import build_workload
 
     q = run["workload"].get("qps")
     if not isinstance(q, dict):
         return q, {}
-    cal_file = target_root / q["calibration"] / "calibration.json"
-    if not cal_file.exists():   # fit it now from that config's GPU runs (the CPU stage refits it the same way)
-        run_calibrate({"sources": [q["calibration"]]}, target_root / q["calibration"], target_root)
-    cal = load_models(cal_file)
-    key = calibration_key(run["model"], q.get("backend", "FA_Serial"), run.get("tp", 1))
-    if key not in cal["models"]:
-        raise KeyError(f"{run['id']}: no calibration for {key} in {q['calibration']}/calibration.json")
-    lat = LatencyModel.from_dict(cal["models"][key])
-    kv = cal["kv"][calibration_key(run["model"], tp=run.get("tp", 1))]
-    wl = {k: v for k, v in run["workload"].items() if k != "qps"}
-    specs = build_workload(wl)
+    name = q.get("calibration") or run["calibration"]
+    if not (target_root / name / "calibration.json").exists():
+        # an online run before its CPU stage: fit it now from that config's GPU runs (the CPU stage
+        # refits it the same way)
+        run_calibrate({"sources": [name]}, target_root / name, target_root)
+    lat, kv = _load_calibration(dict(run, backend=q.get("backend", "FA_Serial"), calibration=name), target_root)
+    specs = build_workload({k: v for k, v in run["workload"].items() if k != "qps"})
     cap = capacity_qps(specs, q.get("scheduler", run["scheduler"]), kv["num_blocks"], kv["block_size"], lat)
     return cap * float(q["capacity_fraction"]), {"capacity_qps": cap, "capacity_fraction": float(q["capacity_fraction"])}
 
@@ -691,18 +688,8 @@ def run_simulate(run, out_dir, prov, target_root):
     from .trace import build_workload
 
     lat, kv = _load_calibration(run, target_root)
-    wl = dict(run["workload"])
-    qinfo = {}
-    if isinstance(wl.get("qps"), dict):
-        q = wl["qps"]
-        cal_run = dict(run, backend=q.get("backend", "FA_Serial"))
-        ref_lat, _ = _load_calibration(cal_run, target_root)
-        from .simulator import capacity_qps
-
-        base = build_workload({k: v for k, v in wl.items() if k != "qps"})
-        cap = capacity_qps(base, q.get("scheduler", run["scheduler"]), kv["num_blocks"], kv["block_size"], ref_lat)
-        wl["qps"] = cap * float(q["capacity_fraction"])
-        qinfo = {"capacity_qps": cap, "capacity_fraction": float(q["capacity_fraction"])}
+    qps, qinfo = _resolve_qps(run, target_root)
+    wl = dict(run["workload"], qps=qps) if "qps" in run["workload"] else dict(run["workload"])
     specs = build_workload(wl)
     t0 = time.time()
     res = simulate(specs, run["scheduler"], kv["num_blocks"], kv["block_size"], lat)
