@@ -112,6 +112,22 @@ def test_smoke_chain_resumes_and_validates(tmp_path, capsys):
     summary = pd.read_csv(out / "mini" / "summary.csv")
     assert set(summary["run_id"]) == {"w-sarathi-FA_Serial", "w-vllm-FA_Serial", "on", "s-FA_Serial"}
 
+    # an earlier run of the same id under repeats_from: compared metric by metric, measured to measured
+    import shutil
+
+    earlier = out / "earlier" / "runs" / "on"
+    shutil.copytree(runs / "on", earlier)
+    s_earlier = pd.read_csv(earlier / "summary.csv")
+    s_earlier["request_throughput"] *= 1.5      # far off: must fail the 5% limit
+    s_earlier.to_csv(earlier / "summary.csv", index=False)
+    doc = dict(SMALL, runs=[{"kind": "validate", "runs_from": "mini", "calibration": "mini", "repeats_from": "earlier"}])
+    cfg.write_text(yaml.safe_dump(doc))
+    assert main([str(cfg), "--out", str(out), "--stage", "cpu"]) == 0
+    rep = pd.read_csv(out / "mini" / "validation.csv").query("check == 'repeat'").set_index("metric")
+    assert len(rep) == 7 and not rep.loc["request_throughput", "pass"]
+    assert rep.loc["request_throughput", "rel_err"] == pytest.approx(0.5)
+    assert rep.drop("request_throughput")["pass"].all() and (rep.drop("request_throughput")["rel_err"] == 0).all()
+
 
 def test_time_budget_leaves_runs_for_the_next_call(tmp_path, capsys):
     cfg = tmp_path / "mini.yaml"
@@ -140,7 +156,7 @@ def test_run_tags_fill_but_never_overwrite_a_tables_columns(tmp_path):
 
 def test_profile_times_the_grid_and_feeds_the_calibration(tmp_path):
     doc = {"name": "prof", "defaults": SMALL["defaults"],
-           "runs": [{"kind": "profile", "id": "p-{backend}", "backend": "FA_Serial", "repeats": 1,
+           "runs": [{"kind": "profile", "id": "p-{backend}", "backend": "FA_Serial", "repeats": 1, "passes": 2,
                      "prefill": [[0, 0], [16, 16], [32, 200]], "decodes": [[0, 0], [3, 40], [40, 300]],
                      "points": [[100, 100, 0, 0], [16, 900, 0, 0]]},
                     {"kind": "calibrate", "sources": ["prof"]}]}
@@ -156,6 +172,9 @@ def test_profile_times_the_grid_and_feeds_the_calibration(tmp_path):
     assert summ["skipped_not_fitting"] == 3 and summ["points"] == len(its) == 3 * 3 - 1 - 2 + 1
     assert set(zip(its["prefill_tokens"], its["num_decodes"])) == {(0, 3), (16, 0), (16, 3), (32, 0), (32, 3), (100, 0)}
     assert (its["duration"] > 0).all() and its["measured"].all() and not its["warmup"].any()
+    # two passes over the grid, one run of each point per pass: the median of 2
+    assert (its["repeats"] == 2).all() and summ["passes"] == 2
+    assert ((its["duration_min"] <= its["duration"]) & (its["duration"] <= its["duration_max"])).all()
     assert (its["kind"] == "profile").all() and (its[its["prefill_tokens"] == 32]["prefill_kv"] == 200).all()
     cal = json.loads((out / "prof" / "calibration.json").read_text())
     assert "tiny|FA_Serial" in cal["models"] and cal["models"]["tiny|FA_Serial"]["stats"]["n"] == len(its)

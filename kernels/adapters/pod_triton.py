@@ -4,8 +4,10 @@ All six run the same prefill and decode device functions (kernels/pod/kernel.py)
 in how CTAs find their work. Options from the YAML are PodConfig fields (kernels/pod/plan.py).
 ``POD`` with ``plan: model`` and ``ctas_per_sm: auto`` asks the device's calibrated cost model
 (kernels/pod/calibration.py) whether to run serial (exactly OURS_Serial's two launches) or fused with
-2 or 4 CTAs per SM; its ``impl`` says which ran, the predictions and the calibration used. The
-default plan (``thresholds``) always fuses.
+2 or 4 CTAs per SM; its ``impl`` says which ran, the predictions and the calibration used. With
+``plan: measured`` the three are timed on the GPU at hand the first time a batch shape is prepared
+and the fastest is kept for that shape (``plan_key``), as Triton's autotuner does. The default plan
+(``thresholds``) always fuses.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import torch
 
 from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, interpreting, num_sms,
                                 prepare_launch, prepare_serial, tma_capable)
-from kernels.pod.plan import BINDINGS, ExecutionChoice, PodConfig, choose_execution, make_plan
+from kernels.pod.plan import (BINDINGS, ExecutionChoice, PodConfig, choose_execution, make_plan, measured_choice,
+                              plan_key)
 from kernels.registry import Method, MethodUnavailable, register
 
 
@@ -32,6 +35,9 @@ class _TritonPod(Method):
         self.last_plan: dict = {}
         # the cost model's parameters; None: kernels.pod.calibration.for_device at prepare time
         self.calibration = None
+        # plan "measured": the decision per plan_key, and how a candidate is timed (fn, device) -> ms
+        self.measured: dict = {}
+        self.measure = _median_ms
 
     def unavailable_reason(self, device):
         reason = super().unavailable_reason(device)
@@ -77,12 +83,28 @@ class _TritonPod(Method):
             plan = self._plan(batch, self.mode)
             self.last_plan = plan.as_dict()
             return prepare_launch(batch, plan, paged)
-        choice = choose_execution(batch.spec, self.config, self._calibration(batch.device))
+        if self.config.ctas_per_sm == "auto" and self.config.plan == "measured":
+            choice = self._measured_choice(batch, paged)
+        else:
+            choice = choose_execution(batch.spec, self.config, self._calibration(batch.device))
         if choice.kind == "serial":
             return self._prepare_serial(batch, paged, choice=asdict(choice))
         plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=choice.ctas_per_sm))
         self.last_plan = {**plan.as_dict(), "choice": asdict(choice)}
         return prepare_launch(batch, plan, paged)
+
+    def _measured_choice(self, batch, paged) -> ExecutionChoice:
+        """Serial or fused 2 or 4 CTAs/SM, whichever ran fastest on this device the first time a
+        batch of this key was prepared (each candidate timed with ``self.measure``)."""
+        key = plan_key(batch.spec, self.config.plan_key)
+        if key not in self.measured:
+            runs = {"serial": self._prepare_serial(batch, paged)}
+            for cps in (2, 4):
+                plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=cps))
+                runs[f"fused{cps}"] = prepare_launch(batch, plan, paged)
+            times = {name: float(self.measure(fn, batch.device)) for name, fn in runs.items()}
+            self.measured[key] = measured_choice(times, self.config.fuse_margin, "/".join(map(str, key)))
+        return self.measured[key]
 
     def cta_timeline(self, batch, warmup: int = 2):
         """Run this method's fused launch ``warmup`` times untraced, then once recording each CTA's
@@ -121,6 +143,16 @@ class _TritonPod(Method):
                 f"{(' ' + BINDINGS[p['binding']]) if p.get('binding') else ''}{' tma' if p.get('prefill_tma') else ''}"
                 f"{' ds' + str(t['decode_stages']) if t.get('decode_stages') else ''}{why}")
         return {"impl": impl, "plan": p}
+
+
+def _median_ms(fn, device) -> float:
+    """A plan candidate's time: the harness's one timing utility, briefly (a plan is measured once
+    per key; under the CPU interpreter once, only so that the code path runs)."""
+    from experiments.timing import time_callable   # the harness's timer; imported late: kernels stay importable alone
+
+    if device.type == "cuda":
+        return time_callable(fn, device, warmup=1, repeats=3, calls=3).median_ms
+    return time_callable(fn, device, warmup=0, repeats=1, calls=1).median_ms
 
 
 @register

@@ -19,8 +19,13 @@ DEFAULT_MACHINE_BALANCE = 295.0
 # the H200 the rule left POD slower than OURS_Serial on 508 of 4410 batches (issue 17).
 PREFILL_DOMINANCE = 0.25
 # How ``ctas_per_sm: auto`` decides (PodConfig.plan): "model" = the device's calibrated cost model
-# (kernels/pod/calibration.py) picks serial, fused 2 or fused 4 CTAs/SM; "thresholds" = the rule above
-PLAN_RULES = ("model", "thresholds")
+# (kernels/pod/calibration.py) picks serial, fused 2 or fused 4 CTAs/SM; "thresholds" = the rule above;
+# "measured" = the three are timed on the GPU at hand the first time a batch shape (its key, see
+# ``plan_key``) is seen, as Triton's autotuner does, and the fastest runs from then on
+PLAN_RULES = ("model", "thresholds", "measured")
+# What "measured" keys its decisions on: "exact" shapes, or each length rounded up to a power of two
+# ("pow2": a serving engine whose every iteration differs measures once per bucket)
+PLAN_KEYS = ("exact", "pow2")
 # A fused launch must be predicted this much faster than serial to be chosen: the timing noise of
 # the bar "never slower than our own serial" (issue 17), so a near tie runs the two launches
 DEFAULT_FUSE_MARGIN = 0.02
@@ -132,7 +137,8 @@ class PodConfig:
     # of the H200 it was slower than OURS_Serial by more than 2% on 685, "thresholds" on 244 (mean
     # time over OURS_Serial 0.989 against 0.919; results/raw/pod_plan_model, one machine)
     plan: str = "thresholds"
-    fuse_margin: float = DEFAULT_FUSE_MARGIN  # "model": fused must be predicted this fraction faster
+    fuse_margin: float = DEFAULT_FUSE_MARGIN  # "model"/"measured": fused must be this fraction faster
+    plan_key: str = "exact"                  # "measured": "exact" | "pow2" (see PLAN_KEYS)
     machine_balance: float | None = None     # FLOP/byte for the "thresholds" rule
 
     def __post_init__(self):
@@ -140,6 +146,8 @@ class PodConfig:
             raise ValueError(f"binding must be one of {', '.join(map(repr, BINDINGS))}, got {self.binding!r}")
         if self.plan not in PLAN_RULES:
             raise ValueError(f"plan must be one of {', '.join(map(repr, PLAN_RULES))}, got {self.plan!r}")
+        if self.plan_key not in PLAN_KEYS:
+            raise ValueError(f"plan_key must be one of {', '.join(map(repr, PLAN_KEYS))}, got {self.plan_key!r}")
         if not isinstance(self.fuse_margin, (int, float)) or not 0 <= self.fuse_margin < 1:
             raise ValueError(f"fuse_margin must be a fraction in [0, 1), got {self.fuse_margin!r}")
         if self.ctas_per_sm not in (2, 4, "auto"):
@@ -210,21 +218,25 @@ class ExecutionChoice:
 
     kind: str                  # "serial" | "fused"
     ctas_per_sm: int           # fused: 2 or 4; serial: 0
-    rule: str                  # "model", "thresholds" or "fixed" (ctas_per_sm given)
-    predicted_ms: dict = field(default_factory=dict)  # {"serial": ms, "fused2": ms, "fused4": ms}
-    calibration: str = ""      # Calibration.ident of the model used
+    rule: str                  # "model", "measured", "thresholds" or "fixed" (ctas_per_sm given)
+    # {"serial": ms, "fused2": ms, "fused4": ms}: the cost model's predictions, or with rule
+    # "measured" the times measured on this GPU
+    predicted_ms: dict = field(default_factory=dict)
+    calibration: str = ""      # "model": Calibration.ident; "measured": the key the times were measured for
 
     def describe(self) -> str:
         """'plan model: predicted serial 1.23 vs fused2 1.31 ms, cal X' and the like (impl column)."""
         p = self.predicted_ms
         if not p:
             return f"plan {self.rule}"
+        how = "measured" if self.rule == "measured" else "predicted"
         fused = min((v, k) for k, v in p.items() if k != "serial")
         if self.kind == "serial":
-            text = f"predicted serial {p['serial']:.4g} vs {fused[1]} {fused[0]:.4g} ms"
+            text = f"{how} serial {p['serial']:.4g} vs {fused[1]} {fused[0]:.4g} ms"
         else:
-            text = f"predicted fused{self.ctas_per_sm} {p[f'fused{self.ctas_per_sm}']:.4g} < serial {p['serial']:.4g} ms"
-        return f"plan {self.rule}: {text}, cal {self.calibration}"
+            text = f"{how} fused{self.ctas_per_sm} {p[f'fused{self.ctas_per_sm}']:.4g} < serial {p['serial']:.4g} ms"
+        source = f"key {self.calibration}" if self.rule == "measured" else f"cal {self.calibration}"
+        return f"plan {self.rule}: {text}, {source}"
 
 
 def _nominal_calibration():
@@ -258,6 +270,29 @@ def choose_execution(spec: BatchSpec, config: PodConfig | None = None, calibrati
     if best_t < (1.0 - cfg.fuse_margin) * pred.serial:
         return ExecutionChoice("fused", best_c, "model", predicted, cal.ident)
     return ExecutionChoice("serial", 0, "model", predicted, cal.ident)
+
+
+def plan_key(spec: BatchSpec, how: str = "exact") -> tuple:
+    """What a measured decision is reused for: the model's shape and dtype with the batch's four
+    lengths, exact or each rounded up to a power of two ("pow2")."""
+    m = spec.model
+    lengths = (spec.prefill_len, spec.prefill_kv_len, spec.decode_batch, spec.decode_ctx)
+    if how == "pow2":
+        lengths = tuple(_pow2_at_least(x) if x else 0 for x in lengths)
+    elif how != "exact":
+        raise ValueError(f"plan_key must be one of {PLAN_KEYS}, got {how!r}")
+    return (m.q_heads, m.kv_heads, m.head_dim, str(spec.dtype), spec.page_size, spec.causal, *lengths)
+
+
+def measured_choice(times_ms: dict, margin: float = DEFAULT_FUSE_MARGIN, key: str = "") -> ExecutionChoice:
+    """The execution ``times_ms`` ({"serial": ms, "fused2": ms, "fused4": ms}, measured on the GPU)
+    says is fastest: the fastest fused set if it beats serial by at least ``margin``, else serial."""
+    if "serial" not in times_ms or not any(k.startswith("fused") for k in times_ms):
+        raise ValueError(f"need a serial and at least one fused time, got {sorted(times_ms)}")
+    best_t, best_k = min((t, k) for k, t in times_ms.items() if k != "serial")
+    if best_t < (1.0 - margin) * times_ms["serial"]:
+        return ExecutionChoice("fused", int(best_k.removeprefix("fused")), "measured", dict(times_ms), key)
+    return ExecutionChoice("serial", 0, "measured", dict(times_ms), key)
 
 
 def _fixed_ratio(policy) -> tuple[int, int] | None:

@@ -1,0 +1,92 @@
+"""POD's measured plan (plan: measured): each candidate (our serial, fused with 2 or 4 CTAs per SM)
+is timed once per batch key and the fastest runs; the decision is reused for the key, said in
+``impl``, and POD stays correct whichever candidate wins."""
+import pytest
+import torch
+
+from kernels.pod.plan import PodConfig, measured_choice, plan_key
+from kernels.reference import check_outputs, reference_outputs
+from kernels.registry import create
+from kernels.workload import BatchSpec, HybridBatch, ModelShape
+
+# GQA 3, head dim 64, lengths off every tile and page
+SPEC = BatchSpec(ModelShape("t", 6, 2, 64), "float16", prefill_len=37, prefill_kv_len=101, decode_batch=5,
+                 decode_ctx=77)
+
+
+def test_measured_choice_takes_the_fastest_beyond_the_margin():
+    assert measured_choice({"serial": 1.0, "fused2": 0.9, "fused4": 0.8}).ctas_per_sm == 4
+    assert measured_choice({"serial": 1.0, "fused2": 0.7, "fused4": 0.8}).ctas_per_sm == 2
+    # a near tie (within the 2% margin) runs serial: never slower than our own serial for noise
+    c = measured_choice({"serial": 1.0, "fused2": 0.99, "fused4": 1.3}, margin=0.02)
+    assert (c.kind, c.ctas_per_sm, c.rule) == ("serial", 0, "measured")
+    assert measured_choice({"serial": 1.0, "fused2": 0.99, "fused4": 1.3}, margin=0.0).kind == "fused"
+    assert "measured serial 1 vs fused2 0.99 ms" in c.describe()
+    with pytest.raises(ValueError, match="serial"):
+        measured_choice({"fused2": 1.0})
+
+
+def test_plan_key_exact_and_pow2():
+    other = SPEC.replace(decode_ctx=80)
+    assert plan_key(SPEC) != plan_key(other)
+    assert plan_key(SPEC, "pow2") == plan_key(other, "pow2")          # both 128 keys per decode
+    assert plan_key(SPEC, "pow2")[-4:] == (64, 128, 8, 128)
+    assert plan_key(SPEC.replace(decode_batch=0, decode_ctx=0), "pow2")[-2:] == (0, 0)
+    assert plan_key(SPEC) != plan_key(SPEC.replace(dtype="bfloat16"))
+    with pytest.raises(ValueError, match="plan_key"):
+        PodConfig(plan="measured", plan_key="round")
+
+
+def fake_measure(times, calls):
+    """A timer that says ``times[candidate]`` ms; which candidate a callable is, from its launches."""
+    def measure(fn, device):
+        if hasattr(fn, "launch_states"):
+            name = "serial"
+        else:
+            name = f"fused{fn.launch_state.plan.ctas_per_sm}"
+        calls.append(name)
+        return times[name]
+    return measure
+
+
+@pytest.mark.parametrize("winner", ["serial", "fused2", "fused4"])
+def test_pod_runs_the_measured_winner_correctly(winner):
+    batch = HybridBatch.allocate(SPEC, "cpu", seed=5)
+    times = {"serial": 1.0, "fused2": 1.1, "fused4": 1.2}
+    times[winner] = 0.5
+    calls = []
+    pod = create("POD", plan="measured")
+    pod.measure = fake_measure(times, calls)
+    run = pod.prepare(batch)
+    assert sorted(calls) == ["fused2", "fused4", "serial"]
+    impl = pod.info()["impl"]
+    assert "plan measured" in impl
+    if winner == "serial":
+        assert impl.startswith("triton serial") and len(run.launch_states) == 2
+    else:
+        assert impl.startswith(f"triton cps{winner[-1]} ") and run.launch_state.plan.ctas_per_sm == int(winner[-1])
+    chk = check_outputs(run(), reference_outputs(batch), SPEC.dtype)
+    assert chk.ok, chk.reason
+    # the same key again: the decision is reused, nothing is timed
+    pod.prepare(HybridBatch.allocate(SPEC, "cpu", seed=6))
+    assert len(calls) == 3
+
+
+def test_pod_measured_serial_is_our_serial():
+    batch = HybridBatch.allocate(SPEC, "cpu", seed=2)
+    pod, ours = create("POD", plan="measured"), create("OURS_Serial")
+    pod.measure = fake_measure({"serial": 1.0, "fused2": 1.5, "fused4": 1.5}, [])
+    a, b = pod.prepare(batch)(), ours.prepare(batch)()
+    for part in a:
+        assert torch.equal(a[part], b[part])
+
+
+def test_pod_measured_times_with_the_harness_timer_on_the_cpu():
+    """Without a stand-in timer the candidates really run (interpreter) and are timed."""
+    spec = SPEC.replace(prefill_len=16, prefill_kv_len=40, decode_batch=2, decode_ctx=20)
+    batch = HybridBatch.allocate(spec, "cpu", seed=1)
+    pod = create("POD", plan="measured", plan_key="pow2")
+    out = pod.prepare(batch)()
+    (choice,) = pod.measured.values()
+    assert set(choice.predicted_ms) == {"serial", "fused2", "fused4"} and all(t > 0 for t in choice.predicted_ms.values())
+    assert check_outputs(out, reference_outputs(batch), spec.dtype).ok
