@@ -726,9 +726,9 @@ def run_validate(run, target_dir: Path, target_root: Path):
     """For each online GPU run of ``runs_from`` (config name): (1) replay: simulate its requests
     with its own recorded iteration durations -> every metric must be equal; (2) model: simulate
     with the calibration -> throughput within 5%, P50s within 10%, P99s within 20%; (3) with
-    ``repeats_from`` (a folder under the output root holding earlier runs of the same ids): the
-    same limits between the two measured runs, the engine's own reproducibility (the ``simulated``
-    column then holds the repeat's value), which bounds what any latency model can match."""
+    ``repeats_from`` (folders under the output root holding other runs of the same ids): the same
+    limits between two measured runs (check ``repeat:<folder>``; the ``simulated`` column then holds
+    the repeat's value), the engine's own reproducibility, which bounds what any model can match."""
     from .metrics import summarize
     from .simulator import LatencyModel, ReplayLatency, load_models, simulate
     from .trace import build_workload
@@ -756,9 +756,11 @@ def run_validate(run, target_dir: Path, target_root: Path):
         if key in cal["models"]:
             lat = LatencyModel.from_dict(cal["models"][key])
             compared.append(("calibrated_model", summarize(simulate(specs, meta["scheduler"], nb, bs, lat).requests)))
-        repeat = target_root / run["repeats_from"] / "runs" / meta["id"] / "summary.csv" if run.get("repeats_from") else None
-        if repeat is not None and repeat.exists():
-            compared.append(("repeat", read_exact(repeat).iloc[0].to_dict()))
+        repeats = run.get("repeats_from") or []
+        for folder in [repeats] if isinstance(repeats, str) else repeats:
+            repeat = target_root / folder / "runs" / meta["id"] / "summary.csv"
+            if repeat.exists():
+                compared.append((f"repeat:{folder}", read_exact(repeat).iloc[0].to_dict()))
         for check, other in compared:
             for m in VALIDATION_METRICS:
                 limit = LIMITS["request_throughput"] if m == "request_throughput" else LIMITS[m.rsplit("_", 1)[1]]

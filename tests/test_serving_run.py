@@ -123,7 +123,7 @@ def test_smoke_chain_resumes_and_validates(tmp_path, capsys):
     doc = dict(SMALL, runs=[{"kind": "validate", "runs_from": "mini", "calibration": "mini", "repeats_from": "earlier"}])
     cfg.write_text(yaml.safe_dump(doc))
     assert main([str(cfg), "--out", str(out), "--stage", "cpu"]) == 0
-    rep = pd.read_csv(out / "mini" / "validation.csv").query("check == 'repeat'").set_index("metric")
+    rep = pd.read_csv(out / "mini" / "validation.csv").query("check == 'repeat:earlier'").set_index("metric")
     assert len(rep) == 7 and not rep.loc["request_throughput", "pass"]
     assert rep.loc["request_throughput", "rel_err"] == pytest.approx(0.5)
     assert rep.drop("request_throughput")["pass"].all() and (rep.drop("request_throughput")["rel_err"] == 0).all()

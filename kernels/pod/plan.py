@@ -133,9 +133,12 @@ class PodConfig:
     decode_n: int | None = None
     # how ``ctas_per_sm: auto`` decides: "thresholds" (the H100-fit rule: always fused, 2 or 4 by
     # PREFILL_DOMINANCE x machine_balance) or "model" (the calibrated cost model: serial, fused 2 or
-    # fused 4, whichever is predicted fastest). "model" is not the default: on 2464 figure-11 batches
-    # of the H200 it was slower than OURS_Serial by more than 2% on 685, "thresholds" on 244 (mean
-    # time over OURS_Serial 0.989 against 0.919; results/raw/pod_plan_model, one machine)
+    # fused 4, whichever is predicted fastest) or "measured" (the three timed once per batch key).
+    # "model" is not the default: on 2464 figure-11 batches of the H200 it was slower than OURS_Serial
+    # by more than 2% on 685, "thresholds" on 244 (mean time over OURS_Serial 0.989 against 0.919;
+    # results/raw/pod_plan_model, one machine). "measured", on all 4410 batches of the H200 grid:
+    # slower by more than 2% on 81 (48 of them ran serial: timing noise), "thresholds" on 541 in the
+    # same lease; mean 0.915 against 0.928 (results/raw/pod_plan_measured)
     plan: str = "thresholds"
     fuse_margin: float = DEFAULT_FUSE_MARGIN  # "model"/"measured": fused must be this fraction faster
     plan_key: str = "exact"                  # "measured": "exact" | "pow2" (see PLAN_KEYS)
@@ -335,7 +338,9 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
     if kind == "fused":
         if cfg.ctas_per_sm != "auto":
             cps = cfg.ctas_per_sm
-        elif cfg.plan == "thresholds":
+        elif cfg.plan in ("thresholds", "measured"):
+            # "measured" times its candidates in the POD method; a caller planning one fused launch
+            # by itself (the serving backend, a CTA trace) gets the rule's tile set
             cps = choose_ctas_per_sm(spec, cfg.machine_balance or DEFAULT_MACHINE_BALANCE)
         else:
             cps = model_ctas_per_sm(spec, calibration)
