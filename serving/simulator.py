@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.common.nnls import nonneg_lstsq
+
 from .scheduler import Batch, BlockPool, LoopResult, make_scheduler, serve_loop
 from .trace import RequestSpec
 
@@ -36,23 +38,6 @@ KNEES = (0, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024)   # candidate knees 
 
 def _base_vector(f: dict, knee: float = 0.0) -> list[float]:
     return [1.0, max(f["num_tokens"], knee), f["num_seqs"], f["prefill_pairs"], f["prefill_kv"], f["decode_kv"]]
-
-
-def _nonneg_lstsq(X: np.ndarray, y: np.ndarray, free: set[int] = frozenset()) -> np.ndarray:
-    """Least squares with every coefficient >= 0 except those in ``free`` (small active-set loop:
-    drop the most negative constrained coefficient and refit)."""
-    active = list(range(X.shape[1]))
-    # scale columns so that the solve is well conditioned
-    scale = np.maximum(np.abs(X).max(axis=0), 1e-30)
-    while True:
-        c = np.zeros(X.shape[1])
-        if active:
-            sol, *_ = np.linalg.lstsq(X[:, active] / scale[active], y, rcond=None)
-            c[active] = sol / scale[active]
-        neg = [(c[i], i) for i in active if i not in free and c[i] < 0]
-        if not neg:
-            return c
-        active.remove(min(neg)[1])
 
 
 @dataclass
@@ -85,13 +70,13 @@ class LatencyModel:
         best = None
         for knee in KNEES:
             X = np.array([_base_vector(r, knee) for r in rows], dtype=float)
-            c = _nonneg_lstsq(X / y[:, None], np.ones_like(y))
+            c = nonneg_lstsq(X / y[:, None], np.ones_like(y))
             model = cls({**dict(zip(BASE_FEATURES, map(float, c))), "knee": float(knee)},
                         (float(c[3]), float(c[5])))
             if overlap and c[3] > 0 and c[5] > 0 and any(r["prefill_pairs"] and r["decode_kv"] for r in rows):
                 ov = np.array([min(c[3] * r["prefill_pairs"], c[5] * r["decode_kv"]) for r in rows])
                 X2 = np.column_stack([X, ov])
-                c2 = _nonneg_lstsq(X2 / y[:, None], np.ones_like(y), free={X2.shape[1] - 1})
+                c2 = nonneg_lstsq(X2 / y[:, None], np.ones_like(y), free={X2.shape[1] - 1})
                 cand = cls({**dict(zip(BASE_FEATURES, map(float, c2[:-1]))), "knee": float(knee),
                             "overlap": float(c2[-1])}, model.overlap_scale)
                 if cand._sse(rows) < model._sse(rows):

@@ -42,6 +42,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kernels.common.nnls import nonneg_lstsq
 from kernels.workload import BatchSpec, ModelShape
 
 ENV_PATH = "POD_CALIBRATION"            # a calibration JSON to use instead of the cache
@@ -305,27 +306,8 @@ def measurement(probe: Probe, ms: float) -> dict:
 # ----------------------------------------------------------------------------- the fit
 
 def _nnls(rows: list, y: list) -> list:
-    """Least squares with every coefficient >= 0, exactly, by trying each support (<= 3 unknowns)."""
-    import itertools
-
-    import numpy as np
-
-    a, b = np.asarray(rows, dtype=float), np.asarray(y, dtype=float)
-    n = a.shape[1]
-    best, best_res = [0.0] * n, float(np.sum(b ** 2))
-    for k in range(1, n + 1):
-        for support in itertools.combinations(range(n), k):
-            cols = list(support)
-            coef, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
-            if (coef < 0).any():
-                continue
-            res = float(np.sum((a[:, cols] @ coef - b) ** 2))
-            if res < best_res - 1e-15:
-                full = [0.0] * n
-                for j, c in zip(cols, coef):
-                    full[j] = float(c)
-                best, best_res = full, res
-    return best
+    """Least squares with every coefficient >= 0 (exact; kernels/common/nnls.py)."""
+    return [float(c) for c in nonneg_lstsq(rows, y)]
 
 
 def _rel_rows(rows, ys):
