@@ -8,11 +8,15 @@ Latency sources:
   * ``LatencyModel``: a linear model of iteration time fitted per (model, backend) to iterations
     measured on the GPU:
         t = c0 + c_tok * max(tokens, knee) + c_seq * sequences + c_pp * prefill (query, key) pairs
-            + c_pk * prefill keys + c_dk * decode keys [+ c_ov * min(c_pp * pairs, c_dk * decode keys)]
+            + c_pk * prefill keys + c_dk * decode keys + c_pre * [a prefill runs]
+            [+ c_ov * min(c_pp * pairs, c_dk * decode keys)]
     ``knee``: below it the weight GEMMs cost the same for any token count (they read the weights,
     memory-bound); above it they grow with the tokens (compute-bound). It is picked by the fit, not
     from a GPU's data sheet. The last term (fitted only when it helps, any sign) lets a fused
     backend's prefill and decode attention overlap: its coefficient comes out negative when they do.
+    ``c_pre``: an iteration with a prefill runs other launches than a decode-only one (a fused
+    kernel, a prefill kernel); without it a backend whose fused launch costs more to start was
+    over-predicted by 23-27% on the 1-8 decode iterations that fill an online run (table 5).
     The fit minimises relative errors, so that 10 ms decode iterations count as much as 100 ms
     prefill ones.
 """
@@ -30,14 +34,15 @@ from kernels.common.nnls import nonneg_lstsq
 from .scheduler import Batch, BlockPool, LoopResult, make_scheduler, serve_loop
 from .trace import RequestSpec
 
-BASE_FEATURES = ["const", "num_tokens", "num_seqs", "prefill_pairs", "prefill_kv", "decode_kv"]
+BASE_FEATURES = ["const", "num_tokens", "num_seqs", "prefill_pairs", "prefill_kv", "decode_kv", "has_prefill"]
 
 
 KNEES = (0, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024)   # candidate knees (tokens)
 
 
 def _base_vector(f: dict, knee: float = 0.0) -> list[float]:
-    return [1.0, max(f["num_tokens"], knee), f["num_seqs"], f["prefill_pairs"], f["prefill_kv"], f["decode_kv"]]
+    return [1.0, max(f["num_tokens"], knee), f["num_seqs"], f["prefill_pairs"], f["prefill_kv"], f["decode_kv"],
+            1.0 if f["prefill_pairs"] else 0.0]
 
 
 @dataclass

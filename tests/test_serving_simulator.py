@@ -94,3 +94,25 @@ def test_fit_finds_the_gemm_knee_and_keeps_relative_errors_small():
     # without the knee (a model saved before it existed) the same rows fit worse
     old = LatencyModel.from_dict({"coef": {k: v for k, v in m.coef.items() if k != "knee"}})
     assert max(abs(old.predict_features(r) / r["duration"] - 1) for r in small) > 0.05
+
+
+def test_fit_gives_iterations_with_a_prefill_their_own_intercept():
+    """A backend whose iterations with a prefill start more launches (a fused kernel) than its
+    decode-only ones: the has_prefill term takes the difference, so the small decode-only
+    iterations are not charged the prefill path's fixed cost."""
+    rows = []
+    for nd in (1, 2, 4, 8, 16, 32, 64, 96, 192, 256):   # decode-only batches on both sides of the knee
+        for ctx in (2048, 8192):
+            rows.append({"num_tokens": nd, "num_seqs": nd, "prefill_pairs": 0, "prefill_kv": 0, "decode_kv": nd * ctx})
+            for chunk, keys in ((256, 2048), (1024, 6144), (512, 12288)):
+                rows.append({"num_tokens": nd + chunk, "num_seqs": nd + 1, "prefill_pairs": chunk * keys,
+                             "prefill_kv": keys, "decode_kv": nd * ctx})
+    for r in rows:
+        r["duration"] = (0.008 + 2e-5 * max(r["num_tokens"], 128) + 1e-10 * r["prefill_pairs"] + 5e-9 * r["decode_kv"]
+                         + (0.004 if r["prefill_pairs"] else 0.0))
+    m = LatencyModel.fit(rows, overlap=False)
+    assert m.coef["has_prefill"] == pytest.approx(0.004, rel=1e-3) and m.stats["max_abs_rel_err"] < 1e-6
+    # a model saved without the term (older calibration.json) still predicts, with no such cost
+    old = LatencyModel.from_dict({"coef": {k: v for k, v in m.coef.items() if k != "has_prefill"}})
+    decode_only = [r for r in rows if not r["prefill_pairs"]]
+    assert all(old.predict_features(r) == pytest.approx(m.predict_features(r)) for r in decode_only)
