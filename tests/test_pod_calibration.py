@@ -145,7 +145,9 @@ def test_chooser_margin_keeps_near_ties_serial():
     pred = cal.predict(HYBRID)
     assert 0.98 < min(pred.fused.values()) / pred.serial < 1.0  # predicted a little faster fused
     assert choose_execution(HYBRID, PodConfig(plan="model"), cal).kind == "serial"
-    assert choose_execution(HYBRID, PodConfig(fuse_margin=0.0), cal).kind == "fused"
+    assert choose_execution(HYBRID, PodConfig(plan="model", fuse_margin=0.0), cal).kind == "fused"
+    with pytest.raises(ValueError, match="timing"):
+        choose_execution(HYBRID, PodConfig(), cal)      # the default plan is measured, not predicted
     with pytest.raises(ValueError, match="fuse_margin"):
         PodConfig(fuse_margin=1.5)
     with pytest.raises(ValueError, match="plan"):

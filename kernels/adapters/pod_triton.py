@@ -2,12 +2,12 @@
 
 All six run the same prefill and decode device functions (kernels/pod/kernel.py); they differ only
 in how CTAs find their work. Options from the YAML are PodConfig fields (kernels/pod/plan.py).
-``POD`` with ``plan: model`` and ``ctas_per_sm: auto`` asks the device's calibrated cost model
-(kernels/pod/calibration.py) whether to run serial (exactly OURS_Serial's two launches) or fused with
-2 or 4 CTAs per SM; its ``impl`` says which ran, the predictions and the calibration used. With
-``plan: measured`` the three are timed on the GPU at hand the first time a batch shape is prepared
-and the fastest is kept for that shape (``plan_key``), as Triton's autotuner does. The default plan
-(``thresholds``) always fuses.
+``POD`` with ``ctas_per_sm: auto`` runs serial (exactly OURS_Serial's two launches) or fused with 2
+or 4 CTAs per SM. Under the default ``plan: measured`` the three are timed on the GPU at hand the
+first time a batch shape is prepared and the fastest is kept for that shape (``plan_key``), as
+Triton's autotuner does; ``plan: model`` asks the device's calibrated cost model
+(kernels/pod/calibration.py) instead; ``plan: thresholds`` (the former H100-fit rule) always fuses.
+``impl`` says which ran and why (the times, or the predictions and the calibration used).
 """
 from __future__ import annotations
 

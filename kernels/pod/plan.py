@@ -131,15 +131,16 @@ class PodConfig:
     block_m: int | None = None
     block_n: int | None = None
     decode_n: int | None = None
-    # how ``ctas_per_sm: auto`` decides: "thresholds" (the H100-fit rule: always fused, 2 or 4 by
-    # PREFILL_DOMINANCE x machine_balance) or "model" (the calibrated cost model: serial, fused 2 or
-    # fused 4, whichever is predicted fastest) or "measured" (the three timed once per batch key).
-    # "model" is not the default: on 2464 figure-11 batches of the H200 it was slower than OURS_Serial
-    # by more than 2% on 685, "thresholds" on 244 (mean time over OURS_Serial 0.989 against 0.919;
-    # results/raw/pod_plan_model, one machine). "measured", on all 4410 batches of the H200 grid:
-    # slower by more than 2% on 81 (48 of them ran serial: timing noise), "thresholds" on 541 in the
-    # same lease; mean 0.915 against 0.928 (results/raw/pod_plan_measured)
-    plan: str = "thresholds"
+    # how ``ctas_per_sm: auto`` decides: "measured" (the default: serial, fused 2 and fused 4 timed
+    # once per batch key on the GPU at hand, the fastest runs), "thresholds" (the H100-fit rule:
+    # always fused, 2 or 4 by PREFILL_DOMINANCE x machine_balance) or "model" (the calibrated cost
+    # model predicts the three). On all 4410 figure-11 batches of the H200, one lease, "measured" was
+    # slower than OURS_Serial by more than 2% on 81 (48 of them ran serial: timing noise),
+    # "thresholds" on 541; mean time over OURS_Serial 0.915 against 0.928
+    # (results/raw/pod_plan_measured). "model" was slower by more than 2% on 685 of 2464, the rule on
+    # 244 (mean 0.989 against 0.919; results/raw/pod_plan_model). Rows measured before this default
+    # say "plan thresholds" in their impl.
+    plan: str = "measured"
     fuse_margin: float = DEFAULT_FUSE_MARGIN  # "model"/"measured": fused must be this fraction faster
     plan_key: str = "exact"                  # "measured": "exact" | "pow2" (see PLAN_KEYS)
     machine_balance: float | None = None     # FLOP/byte for the "thresholds" rule
@@ -263,6 +264,9 @@ def choose_execution(spec: BatchSpec, config: PodConfig | None = None, calibrati
     cfg = config or PodConfig()
     if cfg.ctas_per_sm != "auto":
         return ExecutionChoice("fused", cfg.ctas_per_sm, "fixed")
+    if cfg.plan == "measured":
+        raise ValueError("plan 'measured' is decided by timing the candidates on the GPU (the POD method "
+                         "does it, see measured_choice); choose_execution answers 'thresholds' and 'model'")
     if cfg.plan == "thresholds":
         return ExecutionChoice("fused", choose_ctas_per_sm(spec, cfg.machine_balance or DEFAULT_MACHINE_BALANCE),
                                "thresholds")
