@@ -61,11 +61,13 @@ def plot(t: pd.DataFrame):
         xs = range(len(labels))
         vals = [m["sim_requests_per_minute"].get(lb, float("nan")) for lb in labels]
         ax.bar(xs, vals, color=[f"C{i}" for i in xs], label="simulated, full run")
-        ax.plot(xs, [m["window_requests_per_minute"].get(lb, float("nan")) for lb in labels], "kD",
-                label="GPU window estimate")
-        for x, v in zip(xs, vals):
+        wins = [m["window_requests_per_minute"].get(lb, float("nan")) for lb in labels]
+        ax.plot(xs, wins, "kD", markersize=5, label="GPU window estimate")
+        for x, v, w in zip(xs, vals, wins):
             if v == v:
-                ax.annotate(f"{v:.1f}", (x, v), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+                # above the bar and its diamond, so that neither hides the number
+                ax.annotate(f"{v:.1f}", (x, max(v, w) if w == w else v), xytext=(0, 5), textcoords="offset points",
+                            ha="center", fontsize=8)
         ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=9)
         ax.set_title(model)
         ax.set_ylabel("requests per minute")
