@@ -30,14 +30,16 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
 def plot(t: pd.DataFrame, model: str, gpu: str = ""):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
     backends = [c for c in t.columns if c not in ("pd_ratio",) and not c.startswith("gain_")]
+    color = {b: f"C{i}" for i, b in enumerate(backends)}   # one colour per backend in both panels
     for b in backends:
-        a1.plot(t["pd_ratio"], t[b], "o-", label="Sarathi" if b == "FA_Serial" else f"Sarathi+{b}")
+        a1.plot(t["pd_ratio"], t[b], "o-", color=color[b], label="Sarathi" if b == "FA_Serial" else f"Sarathi+{b}")
     a1.set_xlabel("P:D ratio")
     a1.set_ylabel("requests per minute")
     a1.grid(alpha=0.3)
     a1.legend()
     for c in [c for c in t.columns if c.startswith("gain_")]:
-        a2.plot(t["pd_ratio"], t[c], "s-", label=c.removeprefix("gain_").removesuffix("_pct"))
+        b = c.removeprefix("gain_").removesuffix("_pct")
+        a2.plot(t["pd_ratio"], t[c], "s-", color=color.get(b), label=f"Sarathi+{b}")
     a2.axhline(0, color="gray", lw=0.8)
     a2.set_xlabel("P:D ratio")
     a2.set_ylabel("throughput gain over Sarathi (%)")
