@@ -49,6 +49,9 @@ class IterationMeta:
     device: torch.device
     decode_base_t: torch.Tensor | None = None   # (B,) int32 on device
     decode_kv_t: torch.Tensor | None = None     # (B,) int32 on device
+    # a decode graph's batch (serving/graphs.py): decode_base/decode_kv hold no real values (the
+    # lengths are the graph's bound); the device tensors are the truth
+    static: bool = False
 
     @property
     def prefill_tokens(self) -> int:
@@ -92,6 +95,10 @@ class AttentionBackend:
     # the kernel-registry methods (kernels/registry.py) whose kernels this backend calls: the build
     # step warms (JIT-compiles) them before any timed run (serving.run --stage build)
     kernel_methods: ClassVar[tuple] = ()
+    # True if begin + forward of a decode-only batch can be captured in a CUDA graph: device-side
+    # metadata computed from the meta's device tensors only, host lengths read as bounds
+    # (serving/graphs.py)
+    supports_decode_graphs: ClassVar[bool] = False
 
     def __init__(self, cfg: LlamaConfig, cache: KVCache, **options):
         self.cfg, self.cache, self.options = cfg, cache, options
@@ -171,6 +178,7 @@ class FASerial(AttentionBackend):
     name = "FA_Serial"
     kernel_methods = ("FA_prefill", "FA_decode")
     devices = ("cuda", "cpu")
+    supports_decode_graphs = True
     description = "FlashAttention-2 prefill, then FlashAttention-2 decode"
 
     @classmethod
@@ -192,9 +200,9 @@ class FASerial(AttentionBackend):
 
     def begin(self, meta):
         if self.cuda and meta.num_decodes:
+            # computed on the device from the meta's tensors, so a decode graph recomputes them
             base = meta.decode_base_t
-            last = (meta.decode_base[-1] + meta.decode_kv[-1])
-            self._cu_k = torch.cat([base, torch.tensor([last], dtype=torch.int32, device=meta.device)])
+            self._cu_k = torch.cat([base, base[-1:] + meta.decode_kv_t[-1:]])
             self._cu_q = torch.arange(meta.num_decodes + 1, dtype=torch.int32, device=meta.device)
             self._max_k = max(meta.decode_kv)
 
@@ -216,8 +224,8 @@ class FASerial(AttentionBackend):
                 seqused_k=meta.decode_kv_t)[0]
         # CPU: gather the decodes' keys into a padded batch (a copy; the CPU path is for tests)
         L = max(meta.decode_kv)
-        idx = torch.tensor(meta.decode_base, device=qd.device)[:, None] + torch.arange(L, device=qd.device)[None]
-        valid = torch.arange(L, device=qd.device)[None] < torch.tensor(meta.decode_kv, device=qd.device)[:, None]
+        idx = meta.decode_base_t.long()[:, None] + torch.arange(L, device=qd.device)[None]
+        valid = torch.arange(L, device=qd.device)[None] < meta.decode_kv_t[:, None]
         idx = torch.where(valid, idx, 0)
         kh, vh = fk[idx].transpose(1, 2), fv[idx].transpose(1, 2)          # (B, Hkv, L, d)
         out = F.scaled_dot_product_attention(qd[:, :, None], kh, vh, attn_mask=valid[:, None, None, :],
@@ -427,6 +435,7 @@ class POD(AttentionBackend):
     name = "POD"
     kernel_methods = ("OURS_prefill", "OURS_decode", "POD")
     devices = ("cuda", "cpu")
+    supports_decode_graphs = True
     description = "our POD-Attention kernel (Triton), SM-aware CTA scheduling"
 
     @classmethod

@@ -82,10 +82,12 @@ class Engine:
                  num_blocks: int | None = None, kv_fraction: float = 0.9, kv_headroom_gb: float = 8.0,
                  seed: int = 0, init_range: float = 1e-3, ops: str = "auto", prompt: str = "repeated",
                  backend_options: dict | None = None, model: LlamaModel | None = None, cache: KVCache | None = None,
-                 tp: int = 1, tp_group=None):
+                 tp: int = 1, tp_group=None, decode_graphs: bool | dict = False):
         """``model`` and ``cache`` may be passed in to reuse them across runs (another backend).
         ``tp > 1`` starts a tensor-parallel group (serving/tensor_parallel.py; this process is rank
-        0, ``close()`` stops it); ``tp_group`` reuses a started one (its model and cache)."""
+        0, ``close()`` stops it); ``tp_group`` reuses a started one (its model and cache).
+        ``decode_graphs``: run decode-only iterations as CUDA graph replays (serving/graphs.py;
+        True, or a dict of ``DecodeGraphs`` options: batch_sizes, min_context)."""
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self._owns_group = False
         if tp_group is None and int(tp) > 1:
@@ -125,6 +127,18 @@ class Engine:
         if prompt not in ("repeated", "pseudo_random"):
             raise ValueError("prompt must be 'repeated' (the artifact's: one token id) or 'pseudo_random'")
         self.prompt = prompt
+        self.graphs = None
+        if decode_graphs:
+            from .graphs import DecodeGraphs
+
+            if self.tp_group is not None:
+                self.close()
+                raise ValueError("decode_graphs runs at tp=1 only (the other ranks run eagerly)")
+            if not getattr(self.backend, "supports_decode_graphs", False):
+                self.close()
+                raise ValueError(f"decode_graphs: the {backend} backend plans on the host every iteration and "
+                                 "cannot be captured; run it with decode_graphs off")
+            self.graphs = DecodeGraphs(self, **(decode_graphs if isinstance(decode_graphs, dict) else {}))
         self.timer: EventTimer | None = None
         self.last_logits: torch.Tensor | None = None
         self.keep_logits = False
@@ -180,8 +194,15 @@ class Engine:
 
     # ------------------------------------------------------------ one iteration
     @torch.inference_mode()
-    def execute(self, batch: Batch, index: int = 0) -> None:
+    def execute(self, batch: Batch, index: int = 0) -> float:
+        """Run one iteration and append each sampling request's token. Returns the seconds that
+        are not part of the iteration (a decode graph's one-time capture; 0 otherwise)."""
         arrays = self.batch_arrays(batch)
+        untimed = 0.0
+        if self.graphs is not None and self.timer is None and self.graphs.key(arrays) is not None:
+            logits, untimed = self.graphs.run(arrays)
+            self._sample(batch, logits)
+            return untimed
         meta = meta_from_arrays(arrays, self.device)
         # planned before the other ranks hear of the batch: a backend refusing it (POD with two
         # prefills) raises here with the group still in step
@@ -197,6 +218,10 @@ class Engine:
             except BaseException:
                 self.tp_group.abort()      # the ranks may be mid-collective: out of step for good
                 raise
+        self._sample(batch, logits)
+        return untimed
+
+    def _sample(self, batch: Batch, logits: torch.Tensor) -> None:
         tokens = logits.argmax(-1).tolist()          # synchronizes with the device
         if self.keep_logits:
             self.logits_log.append(logits.float().cpu())
@@ -225,8 +250,14 @@ class Engine:
 
     # ------------------------------------------------------------ runs
     def fresh_pool(self) -> BlockPool:
-        self.cache.pool = BlockPool(self.cache.num_blocks, self.cache.block_size)
+        # with decode graphs the cache's last block is the padding rows' scratch, never allocated
+        blocks = self.cache.num_blocks - (1 if self.graphs is not None else 0)
+        self.cache.pool = BlockPool(blocks, self.cache.block_size)
         return self.cache.pool
+
+    def graph_stats(self) -> dict:
+        """Decode-graph counters for a run's summary (``decode_graphs`` False when off)."""
+        return self.graphs.stats() if self.graphs is not None else {"decode_graphs": False}
 
     def run(self, specs: list[RequestSpec], scheduler_cfg: dict, max_iterations: int | None = None,
             select=None, on_iteration=None) -> LoopResult:
@@ -277,8 +308,8 @@ class Engine:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            self.execute(batch)
-            total = time.perf_counter() - t0
+            untimed = self.execute(batch)
+            total = time.perf_counter() - t0 - untimed
             part_times = self.timer.totals() if parts else {}
             self.timer = None
             for w in batch.works:        # the same batch again: forget the sampled token

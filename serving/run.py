@@ -134,7 +134,8 @@ def _write_run(run_dir: Path, run: dict, prov: dict, summary: dict, iterations=N
             "scheduler": (run.get("scheduler") or {}).get("name", ""),
             "chunk_size": (run.get("scheduler") or {}).get("chunk_size", ""),
             "workload": json.dumps(run.get("workload", {}), sort_keys=True),
-            "tp": int(run.get("tp", 1)), "gpus": run.get("gpus", "")}
+            "tp": int(run.get("tp", 1)), "gpus": run.get("gpus", ""),
+            "decode_graphs": bool(run.get("decode_graphs", False))}
     if iterations is not None:
         _with_prov(pd.DataFrame(iterations), prov, tags).to_csv(run_dir / "iterations.csv.gz", index=False)
     if requests is not None:
@@ -230,16 +231,20 @@ def _engine(run: dict, cache_store: _EngineCache, device):
     cfg, dtype, model, cache = cache_store.get(run, device)
     engine = Engine(cfg, run["backend"], device, dtype, block_size=cache.block_size, model=model, cache=cache,
                     prompt=run.get("prompt", "repeated"), backend_options=run.get("backend_options") or {},
-                    tp_group=cache_store.group)
+                    tp_group=cache_store.group, decode_graphs=run.get("decode_graphs", False))
     run["tp"], run["gpus"] = engine.tp, engine.gpus     # tags of every row this run writes (_write_run)
     return engine
 
 
 def _kv_info(engine) -> dict:
     c = engine.cache
-    return {"num_blocks": c.num_blocks, "block_size": c.block_size, "kv_capacity_tokens": c.capacity_tokens,
+    # the blocks requests can hold (decode graphs keep the cache's last one as their scratch), so
+    # that a replay in the simulator admits exactly as the engine did
+    blocks = c.pool.num_blocks
+    return {"num_blocks": blocks, "cache_blocks": c.num_blocks, "block_size": c.block_size,
+            "kv_capacity_tokens": blocks * c.block_size,
             "backend_impl": engine.backend.info().get("impl", ""), "ops_impl": engine.model.impl,
-            "tp": engine.tp, "gpus": engine.gpus}
+            "tp": engine.tp, "gpus": engine.gpus, **engine.graph_stats()}
 
 
 def run_window(run, out_dir, prov, store, device):
@@ -421,7 +426,7 @@ def _seq_rel_err(out, ref, meta) -> float:
 
 
 def check_backends(model_cfg, backends_list, device, dtype, workload, scheduler, num_blocks=None, block_size=16,
-                   init_range=0.02, backend_options=None, teacher_forcing=True) -> pd.DataFrame:
+                   init_range=0.02, backend_options=None, teacher_forcing=True, decode_graphs=False) -> pd.DataFrame:
     """Run one offline workload (pseudo-random prompts) through the engine with each backend and
     compare it with the REF backend (float32 attention, one sequence at a time).
 
@@ -441,7 +446,9 @@ def check_backends(model_cfg, backends_list, device, dtype, workload, scheduler,
       ok                   logit_rel_err <= LOGIT_REL_TOL and attn_max_rel_err <= the dtype's
                            kernel tolerance; token flips alone do not fail a backend
     Without teacher forcing (free-running greedy, as before) a flip changes everything after it,
-    and ``ok`` also needs every token equal."""
+    and ``ok`` also needs every token equal. ``decode_graphs``: the backends that support it run
+    their decode-only iterations as graph replays (serving/graphs.py; column ``decode_graphs``);
+    attn_max_rel_err then covers the eager iterations only, the logits cover all."""
     import torch
 
     from kernels.reference import TOLERANCES
@@ -463,8 +470,12 @@ def check_backends(model_cfg, backends_list, device, dtype, workload, scheduler,
     rows = []
     for name in ["REF"] + [b for b in backends_list if b != "REF"]:
         try:
+            from .backends import registered
+
+            graphs = bool(decode_graphs) and getattr(registered().get(name), "supports_decode_graphs", False)
             eng = Engine(model_cfg, name, device, dtype, block_size=block_size, model=model, cache=cache,
-                         prompt="pseudo_random", backend_options=(backend_options or {}).get(name, {}))
+                         prompt="pseudo_random", backend_options=(backend_options or {}).get(name, {}),
+                         decode_graphs=decode_graphs if graphs else False)
             eng.keep_logits = True
             attn_errs = []
             if name != "REF":
@@ -475,12 +486,12 @@ def check_backends(model_cfg, backends_list, device, dtype, workload, scheduler,
                 _shadow_reference(eng, Reference(model_cfg, cache), attn_errs)
             res = eng.run(specs, scheduler)
             results[name] = (eng.logits_log, [r.tokens for r in res.requests], eng.backend.info().get("impl", ""),
-                             attn_errs)
+                             attn_errs, graphs)
         except Exception as e:
             rows.append({"backend": name, "ok": False, "error": f"{type(e).__name__}: {e}"})
             continue
     ref = results.get("REF")
-    for name, (logits, tokens, impl, attn_errs) in results.items():
+    for name, (logits, tokens, impl, attn_errs, graphs) in results.items():
         if name == "REF" or ref is None:
             continue
         if len(logits) != len(ref[0]) or any(a.shape != b.shape for a, b in zip(ref[0], logits)):
@@ -507,7 +518,7 @@ def check_backends(model_cfg, backends_list, device, dtype, workload, scheduler,
             ok = ok and same == total
         rows.append({"backend": name, "impl": impl, "iterations": len(logits), "max_abs_logit_diff": max_diff,
                      "ref_max_abs_logit": scale, "logit_rel_err": max_diff / scale if scale else 0.0,
-                     "attn_max_rel_err": attn_err, "attn_tol": attn_tol, "tokens_equal": same,
+                     "attn_max_rel_err": attn_err, "attn_tol": attn_tol, "decode_graphs": graphs, "tokens_equal": same,
                      "tokens_total": total, "flip_max_ref_margin": margin, "teacher_forced": bool(teacher_forcing),
                      "ok": bool(ok), "error": ""})
     return pd.DataFrame(rows)
@@ -522,7 +533,8 @@ def _shadow_reference(eng, ref, errs: list) -> None:
 
     def checked(li, q, meta, timer=None):
         out = forward(li, q, meta, timer)
-        errs.append(_seq_rel_err(out, ref.forward(li, q, meta, out_dtype=torch.float32), meta))
+        if not meta.static:        # a decode graph's batch: REF reads host lengths it does not hold
+            errs.append(_seq_rel_err(out, ref.forward(li, q, meta, out_dtype=torch.float32), meta))
         return out
 
     backend.forward = checked
@@ -540,7 +552,8 @@ def run_check(run, out_dir, prov, device):
         cfg = LlamaConfig(**{**cfg.__dict__, "name": f"{cfg.name}-{run['layers']}l", "layers": int(run["layers"])})
     df = check_backends(cfg, run["backends"], device, dtype_of(run.get("dtype", "float16")), run["workload"],
                         run["scheduler"], run.get("num_blocks"), int(run.get("block_size", 16)),
-                        float(run.get("init_range", 0.02)), run.get("backend_options"))
+                        float(run.get("init_range", 0.02)), run.get("backend_options"),
+                        decode_graphs=run.get("decode_graphs", False))
     summary = {"backends": len(df), "failed": int((~df["ok"]).sum()) if len(df) else 0}
     print(df.to_string(index=False))
     _write_run(out_dir, run, prov, summary, extra_csv=("check.csv", df))
@@ -636,19 +649,32 @@ def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: s
 
 
 # ---------------------------------------------------------------- CPU stage
-def calibration_key(model: str, backend: str | None = None, tp=1) -> str:
+def calibration_key(model: str, backend: str | None = None, tp=1, graphs=False) -> str:
     """Key of a latency model (model, backend) or of a KV size (model) in calibration.json: TP1
-    keeps the plain names, TP>1 adds ``tpN`` (its iterations and per-GPU cache differ)."""
+    keeps the plain names, TP>1 adds ``tpN`` (its iterations and per-GPU cache differ); a backend
+    whose decode-only iterations ran as CUDA graphs (``decode_graphs``) adds ``graphs`` (they cost
+    a fraction of the eager ones)."""
     tp = 1 if tp is None or (isinstance(tp, float) and math.isnan(tp)) else int(tp)
     parts = [str(model)] + ([f"tp{tp}"] if tp != 1 else []) + ([str(backend)] if backend is not None else [])
+    if backend is not None and _flag(graphs):
+        parts.append("graphs")
     return "|".join(parts)
+
+
+def _flag(v) -> bool:
+    """A boolean tag read back from a CSV or JSON (missing or NaN in runs written before it: False)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return False
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v)
 
 
 def run_calibrate(run, target_dir: Path, target_root: Path):
     """Fit one latency model per (model, backend) to the measured, non-warm-up iterations of the
     ``sources`` configs' GPU runs (``kinds``: windows and profiles by default, so online runs stay
     out of the fit and can validate it). Writes <target>/calibration.json."""
-    from .simulator import LatencyModel, save_models
+    from .simulator import BASE_FEATURES, LatencyModel, save_models
 
     frames = [read_iterations(target_root / s, tuple(run.get("kinds", ["window", "profile"]))) for s in run["sources"]]
     df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
@@ -659,8 +685,13 @@ def run_calibrate(run, target_dir: Path, target_root: Path):
     outlier = float(run.get("outlier_rel", 1.0))
     if "tp" not in df:
         df = df.assign(tp=1)
-    for (model, backend, tp), g in df.fillna({"tp": 1}).groupby(["model", "backend", "tp"]):
+    df = df.assign(decode_graphs=[_flag(v) for v in df.get("decode_graphs", pd.Series(False, index=df.index))])
+    for (model, backend, tp, graphs), g in df.fillna({"tp": 1}).groupby(["model", "backend", "tp", "decode_graphs"]):
         rows = g.to_dict("records")
+        if len(rows) < len(BASE_FEATURES):     # too few to fit: recorded, the others still fit
+            stats.append({"model": model, "backend": backend, "tp": int(tp), "decode_graphs": bool(graphs),
+                          "note": f"not fitted: {len(rows)} iterations, {len(BASE_FEATURES)} needed"})
+            continue
         m = LatencyModel.fit(rows)
         # one robust pass: leave out iterations far off the fit (a JIT compile, a clock dip), refit
         keep = [r for r in rows if abs(m.predict_features(r) / float(r["duration"]) - 1) <= outlier]
@@ -668,14 +699,17 @@ def run_calibrate(run, target_dir: Path, target_root: Path):
         if dropped and len(keep) >= 10:
             m = LatencyModel.fit(keep)
         gpus = ", ".join(sorted(map(str, g["gpu_name"].dropna().unique()))) if "gpu_name" in g else ""
-        models[calibration_key(model, backend, tp)] = {**m.to_dict(), "dropped_outliers": dropped, "gpu_name": gpus}
-        stats.append({"model": model, "backend": backend, "tp": int(tp), **m.stats, "dropped_outliers": dropped})
+        models[calibration_key(model, backend, tp, graphs)] = {**m.to_dict(), "dropped_outliers": dropped, "gpu_name": gpus}
+        stats.append({"model": model, "backend": backend, "tp": int(tp), "decode_graphs": bool(graphs), **m.stats,
+                      "dropped_outliers": dropped})
     for f in sorted(itertools.chain.from_iterable((target_root / s).glob("runs/*/summary.csv") for s in run["sources"])):
         s = pd.read_csv(f)
         if "num_blocks" in s and len(s) and s["kind"].iloc[0] in ("window", "online", "profile"):
             r = s.iloc[0]
             kv.setdefault(calibration_key(r["model"], tp=r.get("tp", 1)),
                           {"num_blocks": int(r["num_blocks"]), "block_size": int(r["block_size"])})
+    if not models:
+        raise ValueError(f"calibrate: no (model, backend) of {run['sources']} has enough iterations to fit: {stats}")
     target_dir.mkdir(parents=True, exist_ok=True)
     save_models(target_dir / "calibration.json", {"models": models, "kv": kv, "sources": run["sources"]})
     pd.DataFrame(stats).to_csv(target_dir / "calibration_fit.csv", index=False)
@@ -686,7 +720,7 @@ def _load_calibration(run, target_root):
     from .simulator import LatencyModel, load_models
 
     cal = load_models(target_root / run["calibration"] / "calibration.json")
-    key = calibration_key(run["model"], run["backend"], run.get("tp", 1))
+    key = calibration_key(run["model"], run["backend"], run.get("tp", 1), run.get("decode_graphs", False))
     if key not in cal["models"]:
         raise KeyError(f"no calibration for {key} in {run['calibration']}/calibration.json "
                        f"(have: {', '.join(sorted(cal['models']))})")
@@ -752,7 +786,7 @@ def run_validate(run, target_dir: Path, target_root: Path):
         rows.append({"run_id": meta["id"], "check": "replay", "metric": "all", "measured": float("nan"),
                      "simulated": float("nan"), "rel_err": 0.0 if exact else float("nan"), "limit": 0.0, "pass": exact})
         compared = []
-        key = calibration_key(meta["model"], meta["backend"], meta.get("tp", 1))
+        key = calibration_key(meta["model"], meta["backend"], meta.get("tp", 1), meta.get("decode_graphs", False))
         if key in cal["models"]:
             lat = LatencyModel.from_dict(cal["models"][key])
             compared.append(("calibrated_model", summarize(simulate(specs, meta["scheduler"], nb, bs, lat).requests)))
