@@ -34,6 +34,13 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
+def validation_summary(validation: pd.DataFrame) -> pd.DataFrame:
+    """Checks passed of checks made, one row per online run, one column per check kind."""
+    v = validation.assign(cell=validation["pass"].astype(bool))
+    counts = v.groupby(["run_id", "check"])["cell"].agg(lambda x: f"{int(x.sum())}/{len(x)}")
+    return counts.unstack("check").fillna("-").reset_index()
+
+
 def markdown(t: pd.DataFrame, validation: pd.DataFrame | None) -> str:
     lines = []
     for (trace, label), g in t.groupby(["trace", "label"], sort=False):
@@ -47,7 +54,13 @@ def markdown(t: pd.DataFrame, validation: pd.DataFrame | None) -> str:
         lines.append("")
     if validation is not None and len(validation):
         lines.append("### simulator validation against the GPU's online runs\n")
-        lines.append(validation.to_markdown(index=False) if hasattr(validation, "to_markdown") else validation.to_string())
+        lines.append("Checks passed per online run (limits: throughput 5%, P50s 10%, P99s 20%). `calibrated_model`: "
+                     "the simulator fed the latency model fitted to the windows and profiles; `repeat:<folder>`: "
+                     "the same configuration measured again (the engine against itself); runs ending in `-graphs` "
+                     "replay their decode-only iterations as CUDA graphs.\n")
+        lines.append(validation_summary(validation).to_markdown(index=False))
+        lines.append("")
+        lines.append(validation.to_markdown(index=False))
     return "\n".join(lines) + "\n"
 
 
@@ -65,7 +78,8 @@ def main(argv=None) -> None:
         try:
             Path(a.markdown).write_text(markdown(t, val))
         except ImportError:  # DataFrame.to_markdown needs tabulate
-            Path(a.markdown).write_text(markdown(t, None) + "\n" + (val.to_string(index=False) if val is not None else ""))
+            extra = "" if val is None else (validation_summary(val).to_string(index=False) + "\n\n" + val.to_string(index=False))
+            Path(a.markdown).write_text(markdown(t, None) + "\n" + extra)
     print(t.to_string(index=False))
 
 

@@ -277,12 +277,18 @@ class Engine:
         specs = [RequestSpec(i, max(1, min(p, cap)), output_len) for i, p in enumerate(prompt_lens)]
         self.run(specs, cfg)
 
-    def synthetic_batch(self, prefill_tokens: int, prefill_kv: int, num_decodes: int, decode_ctx: int) -> Batch:
+    def synthetic_batch(self, prefill_tokens: int, prefill_kv: int, num_decodes: int, decode_ctx: int,
+                        shortest: int | None = None) -> Batch:
         """One iteration's batch built directly (no scheduler): a prefill chunk of ``prefill_tokens``
-        ending at key ``prefill_kv`` (none if 0) plus ``num_decodes`` decodes of ``decode_ctx`` keys,
-        their KV blocks reserved in a fresh pool. Raises MemoryError when they do not fit."""
+        ending at key ``prefill_kv`` (none if 0) plus ``num_decodes`` decodes of ``decode_ctx`` keys
+        (with ``shortest``: lengths spread evenly from ``shortest`` to ``decode_ctx``), their KV
+        blocks reserved in a fresh pool. Raises MemoryError when they do not fit."""
         pool = self.fresh_pool()
-        need = (pool.blocks_for(prefill_kv + 2) if prefill_tokens else 0) + num_decodes * pool.blocks_for(decode_ctx + 4)
+        if shortest is not None and not 1 <= int(shortest) <= decode_ctx:
+            raise ValueError(f"shortest must be in [1, decode_ctx={decode_ctx}], got {shortest}")
+        ctxs = ([int(round(x)) for x in np.linspace(int(shortest), decode_ctx, num_decodes)] if shortest
+                else [decode_ctx] * num_decodes)
+        need = (pool.blocks_for(prefill_kv + 2) if prefill_tokens else 0) + sum(pool.blocks_for(c + 4) for c in ctxs)
         if need > pool.num_blocks:
             raise MemoryError(f"{num_decodes} decodes of {decode_ctx} keys and a {prefill_kv}-key prefill need "
                               f"{need} KV blocks; the cache has {pool.num_blocks}")
@@ -292,10 +298,10 @@ class Engine:
             pool.allocate(0, prefill_kv + 2)
             works.append(Work(pre, prefill_kv - prefill_tokens, prefill_tokens, True, True))
         decs = []
-        for i in range(num_decodes):
-            r = Request(RequestSpec(i + 1, decode_ctx - 1, 4))
-            pool.allocate(r.rid, decode_ctx + 4)
-            decs.append(Work(r, decode_ctx - 1, 1, False, True))
+        for i, ctx in enumerate(ctxs):
+            r = Request(RequestSpec(i + 1, ctx - 1, 4))
+            pool.allocate(r.rid, ctx + 4)
+            decs.append(Work(r, ctx - 1, 1, False, True))
         return Batch(works, decs)
 
     def time_batch(self, batch: Batch, repeats: int = 5, parts: bool = False) -> list[dict]:

@@ -35,6 +35,26 @@ from .backends import IterationMeta
 DEFAULT_BATCH_SIZES = (1, 2, 4) + tuple(range(8, 257, 8))
 
 
+def graph_options(decode_graphs) -> dict:
+    """``decode_graphs`` as a run gives it (True or a dict) -> the full options, defaults filled."""
+    opts = dict(decode_graphs) if isinstance(decode_graphs, dict) else {}
+    unknown = set(opts) - {"batch_sizes", "min_context"}
+    if unknown:
+        raise ValueError(f"decode_graphs: unknown option(s) {sorted(unknown)}; known: batch_sizes, min_context")
+    return {"batch_sizes": sorted({int(b) for b in opts.get("batch_sizes", DEFAULT_BATCH_SIZES)}),
+            "min_context": int(opts.get("min_context", 1024))}
+
+
+def graph_shape(num_decodes: int, longest: int, batch_sizes, min_context: int):
+    """(rows, ctx) of the graph a decode-only batch of ``num_decodes`` sequences, the longest
+    attending ``longest`` keys, replays: the smallest batch size >= num_decodes and the next power
+    of two >= longest (at least ``min_context``); None when no graph covers it (too many decodes)."""
+    if num_decodes < 1 or num_decodes > batch_sizes[-1]:
+        return None
+    rows = batch_sizes[bisect.bisect_left(batch_sizes, num_decodes)]
+    return rows, max(int(min_context), 1 << (int(longest) - 1).bit_length())
+
+
 class _Graph:
     """One captured (or, on the CPU, static) decode-only iteration of ``rows`` rows."""
 
@@ -54,12 +74,13 @@ class DecodeGraphs:
     """The engine's decode-only graphs, keyed by (padded rows, key bound)."""
 
     def __init__(self, engine, batch_sizes=DEFAULT_BATCH_SIZES, min_context: int = 1024):
-        sizes = sorted({int(b) for b in batch_sizes})
+        opts = graph_options({"batch_sizes": batch_sizes, "min_context": min_context})
+        sizes = opts["batch_sizes"]
         if not sizes or sizes[0] < 1:
             raise ValueError(f"decode graph batch sizes must be positive integers, got {list(batch_sizes)}")
-        if int(min_context) < 1:
+        if opts["min_context"] < 1:
             raise ValueError(f"min_context must be >= 1, got {min_context}")
-        self.engine, self.sizes, self.min_context = engine, sizes, int(min_context)
+        self.engine, self.sizes, self.min_context = engine, sizes, opts["min_context"]
         cache = engine.cache
         if cache.num_blocks < 2:
             raise ValueError("decode graphs need a KV cache of at least 2 blocks (one is the padding rows' scratch)")
@@ -73,12 +94,9 @@ class DecodeGraphs:
     def key(self, arrays: dict):
         """(rows, ctx) of the graph for this iteration's host arrays, or None if it runs eagerly."""
         kv = arrays["decode_kv"]
-        if arrays["prefills"] or not kv or len(kv) > self.sizes[-1]:
+        if arrays["prefills"] or not kv:
             return None
-        rows = self.sizes[bisect.bisect_left(self.sizes, len(kv))]
-        longest = max(kv)
-        ctx = max(self.min_context, 1 << (int(longest) - 1).bit_length())
-        return rows, ctx
+        return graph_shape(len(kv), max(kv), self.sizes, self.min_context)
 
     def _fill(self, g: _Graph, arrays: dict) -> None:
         b, pad = len(arrays["decode_kv"]), g.rows - len(arrays["decode_kv"])

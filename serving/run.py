@@ -562,7 +562,8 @@ def run_check(run, out_dir, prov, device):
 
 def run_profile(run, out_dir, prov, store, device):
     """Iterations built directly over a grid (every ``prefill`` (tokens, keys) chunk with every
-    ``decodes`` (count, keys) set, plus the (tokens, keys, count, keys) ``points``), each timed
+    ``decodes`` (count, keys[, shortest]) set, plus the (tokens, keys, count, keys[, shortest])
+    ``points``; with ``shortest`` the decodes' lengths spread evenly from it to keys), each timed
     like a serving iteration: the latency model's calibration then sees small and large batches
     alike, which the steady-state windows alone (nearly constant batch sizes) cannot separate.
     ``passes`` > 1 times the whole grid that many times in turn (``repeats`` runs of a point per
@@ -577,15 +578,20 @@ def run_profile(run, out_dir, prov, store, device):
         raise ValueError(f"{run['id']}: repeats and passes must be >= 1, got {repeats} and {passes}")
     grid = [(*p, *d) for p, d in itertools.product(run.get("prefill", []), run.get("decodes", []))]
     points, skipped = [], 0
-    for pt, pkv, nd, dctx in grid + [tuple(x) for x in run.get("points", [])]:
+    for point in grid + [tuple(x) for x in run.get("points", [])]:
+        if len(point) not in (4, 5):
+            raise ValueError(f"{run['id']}: a profile point is (prefill tokens, prefill keys, decodes, decode keys"
+                             f"[, shortest decode]), got {list(point)}")
+        pt, pkv, nd, dctx = map(int, point[:4])
+        shortest = int(point[4]) if len(point) == 5 else None
         if not pt and not nd:
             continue
         try:
-            engine.synthetic_batch(int(pt), int(pkv), int(nd), int(dctx))
+            engine.synthetic_batch(pt, pkv, nd, dctx, shortest)
         except MemoryError:          # does not fit this GPU's KV cache: not a point of this profile
             skipped += 1
             continue
-        points.append((int(pt), int(pkv), int(nd), int(dctx)))
+        points.append((pt, pkv, nd, dctx, shortest))
     times: dict = {p: [] for p in points}
     features: dict = {}
     for _ in range(passes):
@@ -674,7 +680,7 @@ def run_calibrate(run, target_dir: Path, target_root: Path):
     """Fit one latency model per (model, backend) to the measured, non-warm-up iterations of the
     ``sources`` configs' GPU runs (``kinds``: windows and profiles by default, so online runs stay
     out of the fit and can validate it). Writes <target>/calibration.json."""
-    from .simulator import BASE_FEATURES, LatencyModel, save_models
+    from .simulator import LatencyModel, min_fit_rows, save_models
 
     frames = [read_iterations(target_root / s, tuple(run.get("kinds", ["window", "profile"]))) for s in run["sources"]]
     df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
@@ -688,16 +694,17 @@ def run_calibrate(run, target_dir: Path, target_root: Path):
     df = df.assign(decode_graphs=[_flag(v) for v in df.get("decode_graphs", pd.Series(False, index=df.index))])
     for (model, backend, tp, graphs), g in df.fillna({"tp": 1}).groupby(["model", "backend", "tp", "decode_graphs"]):
         rows = g.to_dict("records")
-        if len(rows) < len(BASE_FEATURES):     # too few to fit: recorded, the others still fit
+        if len(rows) < min_fit_rows(graphs):     # too few to fit: recorded, the others still fit
             stats.append({"model": model, "backend": backend, "tp": int(tp), "decode_graphs": bool(graphs),
-                          "note": f"not fitted: {len(rows)} iterations, {len(BASE_FEATURES)} needed"})
+                          "note": f"not fitted: {len(rows)} iterations, {min_fit_rows(graphs)} needed"})
             continue
-        m = LatencyModel.fit(rows)
+        gopts = _graph_options_of(g["run_id"].unique(), run["sources"], target_root) if graphs else None
+        m = LatencyModel.fit(rows, graphs=gopts)
         # one robust pass: leave out iterations far off the fit (a JIT compile, a clock dip), refit
         keep = [r for r in rows if abs(m.predict_features(r) / float(r["duration"]) - 1) <= outlier]
         dropped = len(rows) - len(keep)
         if dropped and len(keep) >= 10:
-            m = LatencyModel.fit(keep)
+            m = LatencyModel.fit(keep, graphs=gopts)
         gpus = ", ".join(sorted(map(str, g["gpu_name"].dropna().unique()))) if "gpu_name" in g else ""
         models[calibration_key(model, backend, tp, graphs)] = {**m.to_dict(), "dropped_outliers": dropped, "gpu_name": gpus}
         stats.append({"model": model, "backend": backend, "tp": int(tp), "decode_graphs": bool(graphs), **m.stats,
@@ -714,6 +721,25 @@ def run_calibrate(run, target_dir: Path, target_root: Path):
     save_models(target_dir / "calibration.json", {"models": models, "kv": kv, "sources": run["sources"]})
     pd.DataFrame(stats).to_csv(target_dir / "calibration_fit.csv", index=False)
     return {"fitted": len(models)}
+
+
+def _graph_options_of(run_ids, sources, target_root: Path) -> dict:
+    """The one set of decode-graph options (serving/graphs.py) the runs ``run_ids`` of the
+    ``sources`` configs used (from their done.json); raises if they differ, since one latency model
+    cannot describe two graph geometries."""
+    from .graphs import graph_options
+
+    found = {}
+    for s in sources:
+        for rid in run_ids:
+            done = target_root / s / "runs" / str(rid) / "done.json"
+            if done.exists():
+                found[rid] = graph_options(json.loads(done.read_text())["run"].get("decode_graphs") or {})
+    distinct = {json.dumps(v, sort_keys=True) for v in found.values()}
+    if len(distinct) != 1:
+        raise ValueError(f"calibrate: runs {sorted(map(str, run_ids))} used {len(distinct)} decode-graph settings "
+                         f"({sorted(distinct)}); fit them apart")
+    return json.loads(distinct.pop())
 
 
 def _load_calibration(run, target_root):

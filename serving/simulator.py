@@ -17,6 +17,10 @@ Latency sources:
     ``c_pre``: an iteration with a prefill runs other launches than a decode-only one (a fused
     kernel, a prefill kernel); without it a backend whose fused launch costs more to start was
     over-predicted by 23-27% on the 1-8 decode iterations that fill an online run (table 5).
+    An engine replaying decode-only iterations as CUDA graphs (serving/graphs.py) adds
+    ``c_slots * decode_slots`` (see ``decode_slots``): without it the graphed FlashAttention-2
+    engine's decode iterations of 3-16 sequences with 20-24K keys were under-predicted by 25-45%
+    (its cost follows the graph's padded rows and key bound, not the keys attended).
     The fit minimises relative errors, so that 10 ms decode iterations count as much as 100 ms
     prefill ones.
 """
@@ -31,18 +35,39 @@ import numpy as np
 
 from kernels.common.nnls import nonneg_lstsq
 
+from .graphs import graph_shape
 from .scheduler import Batch, BlockPool, LoopResult, make_scheduler, serve_loop
 from .trace import RequestSpec
 
-BASE_FEATURES = ["const", "num_tokens", "num_seqs", "prefill_pairs", "prefill_kv", "decode_kv", "has_prefill"]
+BASE_FEATURES = ["const", "num_tokens", "num_seqs", "prefill_pairs", "prefill_kv", "decode_kv", "has_prefill",
+                 "decode_slots"]
 
 
 KNEES = (0, 16, 32, 64, 128, 192, 256, 384, 512, 768, 1024)   # candidate knees (tokens)
 
 
-def _base_vector(f: dict, knee: float = 0.0) -> list[float]:
+def min_fit_rows(graphs: dict | None = None) -> int:
+    """Iterations a fit needs: one per column it uses (``decode_slots`` only with graphs)."""
+    return len(BASE_FEATURES) - (0 if graphs else 1)
+
+
+def decode_slots(f: dict, graphs: dict | None) -> float:
+    """A graphed engine's (``graphs``: its decode-graph options) decode key slots: for a decode-only
+    batch a graph replays, its rows x its key bound (FlashAttention's split-KV launch divides the
+    bound, not each row's length, so a graph pays for the box it was captured for); otherwise the
+    decode keys. 0 for an eager engine (the column then stays out of its fit)."""
+    if not graphs:
+        return 0.0
+    if not f["prefill_tokens"]:
+        shape = graph_shape(f["num_decodes"], f["decode_kv_max"], graphs["batch_sizes"], graphs["min_context"])
+        if shape is not None:
+            return float(shape[0] * shape[1])
+    return float(f["decode_kv"])
+
+
+def _base_vector(f: dict, knee: float = 0.0, graphs: dict | None = None) -> list[float]:
     return [1.0, max(f["num_tokens"], knee), f["num_seqs"], f["prefill_pairs"], f["prefill_kv"], f["decode_kv"],
-            1.0 if f["prefill_pairs"] else 0.0]
+            1.0 if f["prefill_pairs"] else 0.0, decode_slots(f, graphs)]
 
 
 @dataclass
@@ -52,9 +77,10 @@ class LatencyModel:
     coef: dict
     overlap_scale: tuple = (0.0, 0.0)   # (c_pp, c_dk) used inside the overlap term
     stats: dict = field(default_factory=dict)
+    graphs: dict | None = None          # the engine's decode-graph options (serving/graphs.py) if it used them
 
     def predict_features(self, f: dict) -> float:
-        x = dict(zip(BASE_FEATURES, _base_vector(f, self.coef.get("knee", 0.0))))
+        x = dict(zip(BASE_FEATURES, _base_vector(f, self.coef.get("knee", 0.0), self.graphs)))
         t = sum(self.coef.get(k, 0.0) * v for k, v in x.items())
         if self.coef.get("overlap"):
             a, b = self.overlap_scale
@@ -65,25 +91,26 @@ class LatencyModel:
         return self.predict_features(batch.features())
 
     @classmethod
-    def fit(cls, rows: list[dict], overlap: bool = True) -> "LatencyModel":
+    def fit(cls, rows: list[dict], overlap: bool = True, graphs: dict | None = None) -> "LatencyModel":
         """Fit to iteration rows (features + ``duration``), the knee chosen among ``KNEES`` by the
         smallest squared relative error; ``overlap`` adds the overlap term when the batches hold
-        both prefill and decode work."""
-        if len(rows) < len(BASE_FEATURES):
-            raise ValueError(f"need at least {len(BASE_FEATURES)} iterations to fit, got {len(rows)}")
+        both prefill and decode work; ``graphs``: the rows come from an engine replaying decode-only
+        iterations as CUDA graphs with these options (adds the ``decode_slots`` column)."""
+        if len(rows) < min_fit_rows(graphs):
+            raise ValueError(f"need at least {min_fit_rows(graphs)} iterations to fit, got {len(rows)}")
         y = np.array([float(r["duration"]) for r in rows])
         best = None
         for knee in KNEES:
-            X = np.array([_base_vector(r, knee) for r in rows], dtype=float)
+            X = np.array([_base_vector(r, knee, graphs) for r in rows], dtype=float)
             c = nonneg_lstsq(X / y[:, None], np.ones_like(y))
             model = cls({**dict(zip(BASE_FEATURES, map(float, c))), "knee": float(knee)},
-                        (float(c[3]), float(c[5])))
+                        (float(c[3]), float(c[5])), graphs=graphs)
             if overlap and c[3] > 0 and c[5] > 0 and any(r["prefill_pairs"] and r["decode_kv"] for r in rows):
                 ov = np.array([min(c[3] * r["prefill_pairs"], c[5] * r["decode_kv"]) for r in rows])
                 X2 = np.column_stack([X, ov])
                 c2 = nonneg_lstsq(X2 / y[:, None], np.ones_like(y), free={X2.shape[1] - 1})
                 cand = cls({**dict(zip(BASE_FEATURES, map(float, c2[:-1]))), "knee": float(knee),
-                            "overlap": float(c2[-1])}, model.overlap_scale)
+                            "overlap": float(c2[-1])}, model.overlap_scale, graphs=graphs)
                 if cand._sse(rows) < model._sse(rows):
                     model = cand
             if best is None or model._sse(rows) < best._sse(rows):
@@ -104,11 +131,15 @@ class LatencyModel:
                 "total_rel_err": float(pred.sum() / y.sum() - 1.0)}
 
     def to_dict(self) -> dict:
-        return {"coef": self.coef, "overlap_scale": list(self.overlap_scale), "stats": self.stats}
+        d = {"coef": self.coef, "overlap_scale": list(self.overlap_scale), "stats": self.stats}
+        if self.graphs:
+            d["graphs"] = self.graphs
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LatencyModel":
-        return cls(dict(d["coef"]), tuple(d.get("overlap_scale", (0.0, 0.0))), dict(d.get("stats", {})))
+        return cls(dict(d["coef"]), tuple(d.get("overlap_scale", (0.0, 0.0))), dict(d.get("stats", {})),
+                   d.get("graphs"))
 
 
 class ReplayLatency:

@@ -117,3 +117,50 @@ def test_calibration_keeps_graphed_runs_apart():
     assert calibration_key("llama-3-8b", "POD", 2, "True") == "llama-3-8b|tp2|POD|graphs"
     assert calibration_key("llama-3-8b", None, 1, True) == "llama-3-8b"       # the KV size is shared
     assert not _flag(float("nan")) and not _flag(None) and not _flag("False") and _flag("true")
+
+
+def test_latency_model_decode_slots_of_a_graphed_engine():
+    from serving.graphs import graph_options
+    from serving.simulator import LatencyModel, decode_slots
+
+    g = graph_options({"batch_sizes": [1, 2, 4, 8], "min_context": 1024})
+    dec = lambda n, kv, kmax, p=0: {"num_tokens": n + p, "num_seqs": n + (p > 0), "prefill_tokens": p,  # noqa: E731
+                                    "prefill_kv": 4 * p, "prefill_pairs": p * p, "num_decodes": n,
+                                    "decode_kv": kv, "decode_kv_max": kmax}
+    assert decode_slots(dec(3, 3000, 1500), None) == 0.0                 # eager: the column is off
+    assert decode_slots(dec(3, 3000, 1500), g) == 4 * 2048               # 4 rows x the 2K bound
+    assert decode_slots(dec(1, 500, 500), g) == 1 * 1024                 # at least min_context
+    assert decode_slots(dec(9, 9000, 1000), g) == 9000                   # no graph: the keys
+    assert decode_slots(dec(3, 3000, 1500, p=64), g) == 3000             # mixed: eager, the keys
+    # durations that follow the graph's box are fitted exactly; an eager fit of them is not
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(60):
+        n, kmax = int(rng.integers(1, 9)), int(rng.integers(600, 9000))
+        kv = int(kmax + rng.integers(0, kmax) * (n - 1))
+        f = dec(n, kv, kmax)
+        rows.append({**f, "duration": 2e-3 + 5e-4 * n + 3e-8 * decode_slots(f, g)})
+    m = LatencyModel.fit(rows, graphs=g)
+    assert m.stats["max_abs_rel_err"] < 1e-6
+    assert m.stats["max_abs_rel_err"] < LatencyModel.fit(rows).stats["max_abs_rel_err"]
+    back = LatencyModel.from_dict(m.to_dict())
+    assert back.graphs == g and back.predict_features(rows[0]) == m.predict_features(rows[0])
+    assert "graphs" not in LatencyModel.fit(rows).to_dict()
+
+
+def test_graph_options_and_calibration_refuse_mixed_settings(tmp_path):
+    import json
+
+    from serving.graphs import graph_options
+    from serving.run import _graph_options_of
+
+    assert graph_options(True) == {"batch_sizes": list(DEFAULT_BATCH_SIZES), "min_context": 1024}
+    with pytest.raises(ValueError, match="unknown option"):
+        graph_options({"min_ctx": 5})
+    for rid, dg in (("a", True), ("b", {"min_context": 1024}), ("c", {"min_context": 64})):
+        d = tmp_path / "cfg" / "runs" / rid
+        d.mkdir(parents=True)
+        (d / "done.json").write_text(json.dumps({"run": {"id": rid, "decode_graphs": dg}}))
+    assert _graph_options_of(["a", "b"], ["cfg"], tmp_path)["min_context"] == 1024
+    with pytest.raises(ValueError, match="2 decode-graph settings"):
+        _graph_options_of(["a", "c"], ["cfg"], tmp_path)

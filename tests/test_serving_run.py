@@ -2,6 +2,7 @@
 import json
 
 import pandas as pd
+import torch
 import pytest
 import yaml
 
@@ -209,3 +210,29 @@ def test_build_stage_lists_every_gpu_runs_kernels(tmp_path, monkeypatch):
     from experiments.grid import load_experiment
 
     assert load_experiment(str(tmp_path / "o" / "build" / "serving_kernels.yaml")).name == "serving_kernels"
+
+
+def test_profile_decode_sets_of_unequal_lengths(tmp_path):
+    from serving.engine import Engine
+    from serving.kv_cache import KVCache
+    from serving.model import MODELS
+
+    eng = Engine(MODELS["tiny"], "FA_Serial", "cpu", torch.float32, cache=KVCache(MODELS["tiny"], 64, 16,
+                                                                                 torch.float32, "cpu"))
+    f = eng.synthetic_batch(0, 0, 4, 100, shortest=10).features()
+    assert (f["num_decodes"], f["decode_kv_max"], f["decode_kv"]) == (4, 100, 10 + 40 + 70 + 100)
+    assert eng.synthetic_batch(0, 0, 3, 50).features()["decode_kv"] == 150
+    with pytest.raises(ValueError, match="shortest"):
+        eng.synthetic_batch(0, 0, 3, 50, shortest=60)
+    doc = {"name": "prof", "defaults": SMALL["defaults"],
+           "runs": [{"kind": "profile", "id": "p-{backend}", "backend": "FA_Serial", "repeats": 1,
+                     "prefill": [[0, 0], [16, 16]], "decodes": [[3, 90, 30], [2, 40]], "points": [[0, 0, 5, 80, 8]]}]}
+    cfg = tmp_path / "prof.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    assert main([str(cfg), "--out", str(tmp_path / "out")]) == 0
+    its = pd.read_csv(tmp_path / "out" / "prof" / "runs" / "p-FA_Serial" / "iterations.csv.gz")
+    assert sorted(zip(its["num_decodes"], its["decode_kv"], its["decode_kv_max"])) == [
+        (2, 80, 40), (2, 80, 40), (3, 180, 90), (3, 180, 90), (5, 8 + 26 + 44 + 62 + 80, 80)]
+    doc["runs"][0]["points"] = [[0, 0, 5]]
+    cfg.write_text(yaml.safe_dump(doc))
+    assert main([str(cfg), "--out", str(tmp_path / "out2")]) != 0
