@@ -20,9 +20,9 @@ import sys
 # Only the standard library and the sweep core (itself standard library only) above this line:
 # TRITON_INTERPRET must be set before triton is imported.
 from experiments.sweep import (RESULT_COLUMNS, TIMING_COLUMNS, WORKLOAD_COLUMNS, JournalLock,  # noqa: F401
-                               ReferenceFailed, ResumableCSV, columns, configure_device_env, count, create_methods,
-                               error_text, free, publish_rows, repair_partial_line, report, resolve_device,
-                               run_method, seed, stop_with_parent)
+                               ReferenceFailed, ResumableCSV, check_method, columns, configure_device_env, count,
+                               create_methods, error_text, finish_method, free, publish_rows, repair_partial_line,
+                               report, resolve_device, run_method, seed, stop_with_parent, time_methods)
 
 
 def _device_arg(text: str) -> str:
@@ -137,6 +137,8 @@ def _run_rows(experiment, out, shard, smoke, device, max_rows, methods, gpu_memo
     done = csv_out.done()
     prov = provenance(dev)
     timing = dict(exp.timing)
+    # interleave: the methods of one batch are timed in turn (experiments/timing.py time_interleaved)
+    interleave = bool(timing.pop("interleave", False))
     counts: dict = {}
 
     bar = tqdm(total=len(rows), file=sys.stderr, disable=not progress, unit="row", dynamic_ncols=True,
@@ -177,15 +179,30 @@ def _run_rows(experiment, out, shard, smoke, device, max_rows, methods, gpu_memo
                             raise ReferenceFailed(ref_cache["err"]) from None
                     return ref_cache["ref"]
 
-                records = []
+                results, checked, ran = {}, {}, []
                 for lab in todo:
                     ms, inst, reason = insts[lab]
                     if reason is not None:
-                        res = {"status": "unavailable", "reason": reason, "impl": inst.name if inst else ms.method}
+                        results[lab] = {"status": "unavailable", "reason": reason,
+                                        "impl": inst.name if inst else ms.method}
                     elif alloc_error is not None:
-                        res = {"status": "error", "reason": alloc_error, "impl": inst.name}
+                        results[lab] = {"status": "error", "reason": alloc_error, "impl": inst.name}
+                    elif interleave:
+                        # every method checked first, then all timed in turn (time_methods)
+                        results[lab], fn = check_method(inst, batch, get_ref, dev)
+                        ran.append(lab)
+                        if fn is not None:
+                            checked[lab] = (results[lab], fn)
                     else:
-                        res = run_method(inst, batch, get_ref, dev, timing)
+                        results[lab] = run_method(inst, batch, get_ref, dev, timing)
+                if checked:
+                    time_methods(checked, dev, timing, interleave=True)
+                    checked.clear()
+                for lab in ran:
+                    finish_method(results[lab], insts[lab][1], dev)
+                records = []
+                for lab in todo:
+                    ms, res = insts[lab][0], results[lab]
                     rec = {"experiment": exp.name, **row.fields(), "method": lab,
                            "options": json.dumps(ms.options, sort_keys=True), **res, **stamp(prov)}
                     records.append(rec)

@@ -126,8 +126,15 @@ def run_method(inst, batch, get_ref, device, timing) -> dict:
     """Result columns of one method on one batch: check first, time only if the check passed.
     ``get_ref()`` returns the reference outputs (or raises ReferenceFailed); ``timing`` are
     experiments.timing.time_callable's keywords."""
-    import torch
-    from experiments.timing import time_callable
+    res, fn = check_method(inst, batch, get_ref, device)
+    if fn is not None:
+        time_methods({"m": (res, fn)}, device, timing, interleave=False)
+    return finish_method(res, inst, device)
+
+
+def check_method(inst, batch, get_ref, device):
+    """Prepare ``inst`` on ``batch`` and check one call's outputs against the reference. Returns
+    (result columns, the prepared callable if the check passed else None)."""
     from kernels.reference import check_outputs
     from kernels.registry import MethodUnavailable
 
@@ -142,21 +149,56 @@ def run_method(inst, batch, get_ref, device, timing) -> dict:
         res.update(max_abs_err=chk.max_abs_err, rel_err=chk.rel_err)
         if not chk.ok:
             res.update(status="failed_check", reason=one_line(chk.reason))
-        else:
-            t = time_callable(fn, device, **timing)
-            res.update(status="ok", median_ms=t.median_ms, min_ms=t.min_ms, max_ms=t.max_ms, iqr_ms=t.iqr_ms,
-                       repeats=t.repeats, calls=t.calls)
+            fn = None
     except MethodUnavailable as e:
         res.update(status="unavailable", reason=one_line(str(e) or type(e).__name__))
+        fn = None
     except ReferenceFailed as e:
         res.update(status="error", reason=one_line(f"reference failed: {e}"))
+        fn = None
     except Exception as e:  # noqa: BLE001 - every failure of a method is a result, not a crash
         res.update(status="error", reason=error_text(e))
-        if is_oom(e):
-            fn = out = None
-            free(device)
-    finally:
         fn = out = None
+        if is_oom(e):
+            free(device)
+    return res, fn
+
+
+def time_methods(checked: dict, device, timing: dict, interleave: bool) -> None:
+    """Time every checked callable of ``checked`` ({label: (result columns, callable)}) and fill
+    its result columns (status ok and the times, or error). ``interleave``: all of them in turn
+    (experiments.timing.time_interleaved); if that fails (e.g. out of memory with every method's
+    buffers held at once) each is timed alone instead."""
+    from experiments.timing import time_callable, time_interleaved
+
+    def ok(res, t):
+        res.update(status="ok", median_ms=t.median_ms, min_ms=t.min_ms, max_ms=t.max_ms, iqr_ms=t.iqr_ms,
+                   repeats=t.repeats, calls=t.calls)
+
+    if interleave and len(checked) > 1:
+        try:
+            times = time_interleaved({lab: fn for lab, (_, fn) in checked.items()}, device, **timing)
+        except Exception as e:  # noqa: BLE001
+            if is_oom(e):
+                free(device)
+        else:
+            for lab, (res, _) in checked.items():
+                ok(res, times[lab])
+            return
+    for res, fn in checked.values():
+        try:
+            ok(res, time_callable(fn, device, **timing))
+        except Exception as e:  # noqa: BLE001
+            res.update(status="error", reason=error_text(e))
+            if is_oom(e):
+                free(device)
+
+
+def finish_method(res: dict, inst, device) -> dict:
+    """Fill ``impl`` (after the run: a plan chosen on the device says so) and leave the device
+    usable after an error."""
+    import torch
+
     try:
         res["impl"] = str(inst.info().get("impl", inst.name))
     except Exception:  # noqa: BLE001

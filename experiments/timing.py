@@ -46,87 +46,123 @@ def time_callable(fn, device, warmup: int = 1, repeats: int = 3, calls: int = 5,
     flush stays outside them). cuda_graph: capture ``calls`` calls into one CUDA graph and time its
     replays. On CPU, time.perf_counter.
     """
+    return time_interleaved({"fn": fn}, device, warmup, repeats, calls, l2_flush, cuda_graph)["fn"]
+
+
+def time_interleaved(fns: dict, device, warmup: int = 1, repeats: int = 3, calls: int = 5, l2_flush: bool = False,
+                     cuda_graph: bool = False) -> dict:
+    """``time_callable`` for several callables at once, their samples taken in turn: every callable
+    is warmed up (and captured) first, then each round takes one sample of each, in the opposite
+    order every other round (A B C, C B A, ...). A drift of the device over the run (clocks settling
+    under a sustained load, a neighbour's work) then lands on every callable alike instead of on
+    whichever is timed last. Returns {name: Timing}."""
     device = torch.device(device)
     if repeats < 1 or calls < 1 or warmup < 0:
         raise ValueError("need repeats >= 1, calls >= 1, warmup >= 0")
-    if device.type != "cuda":
-        if cuda_graph:
-            raise ValueError("cuda_graph timing needs a CUDA device")
-        for _ in range(warmup):
-            fn()
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples.append((time.perf_counter() - t0) * 1e3 / calls)
-        return _summary(samples, repeats, calls)
-
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda" and cuda_graph:
+        raise ValueError("cuda_graph timing needs a CUDA device")
     if l2_flush and cuda_graph:
         raise ValueError("l2_flush and cuda_graph cannot be combined: a graph replays its calls back to back")
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device)
-        if cuda_graph:
-            return _time_graph(fn, device, stream, warmup, repeats, calls)
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize(device)
-        samples = []
-        if l2_flush:
-            flush = torch.empty(2 * l2_bytes(device) // 4, dtype=torch.int32, device=device)
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                      for _ in range(calls)]
-            for _ in range(repeats):
-                for start, end in events:
-                    flush.zero_()
-                    start.record(stream)
-                    fn()
-                    end.record(stream)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    names = list(fns)
+    samples: dict = {n: [] for n in names}
+    ctx = torch.cuda.device(device) if device.type == "cuda" else _nullcontext()
+    with ctx:
+        samplers = {n: _Sampler(fns[n], device, calls, l2_flush, cuda_graph) for n in names}
+        try:
+            for n in names:
+                samplers[n].warm(warmup)
+            for r in range(repeats):
+                for n in (names if r % 2 == 0 else names[::-1]):
+                    samples[n].append(samplers[n].sample())
+        finally:
+            for sm in samplers.values():
+                sm.close()
+            if device.type == "cuda":
                 torch.cuda.synchronize(device)
-                samples.append(sum(s.elapsed_time(e) for s, e in events) / calls)
-            del flush
+    return {n: _summary(samples[n], repeats, calls) for n in names}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Sampler:
+    """One callable's timer: ``warm`` once (warm-up calls, and the capture with ``cuda_graph``),
+    then ``sample()`` returns the mean ms per call over ``calls`` calls."""
+
+    def __init__(self, fn, device, calls, l2_flush, cuda_graph):
+        self.fn, self.device, self.calls = fn, device, calls
+        self.l2_flush, self.cuda_graph = l2_flush, cuda_graph
+        self.cuda = device.type == "cuda"
+        self.graph = self.flush = None
+        if self.cuda:
+            self.stream = torch.cuda.current_stream(device)
+
+    def warm(self, warmup: int) -> None:
+        if self.cuda and self.cuda_graph:
+            self._capture(warmup)
+            return
+        for _ in range(warmup):
+            self.fn()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            if self.l2_flush:
+                self.flush = torch.empty(2 * l2_bytes(self.device) // 4, dtype=torch.int32, device=self.device)
+
+    def _capture(self, warmup: int) -> None:
+        # PyTorch requires warm-up on a side stream before capture (lazy init, cuBLAS workspaces...).
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(self.stream)
+        with torch.cuda.stream(side):
+            for _ in range(max(1, warmup)):
+                self.fn()
+        self.stream.wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                for _ in range(self.calls):
+                    self.fn()
+        except Exception as e:
+            torch.cuda.synchronize(self.device)
+            raise RuntimeError(f"CUDA graph capture failed (the method may sync with the host or allocate "
+                               f"outside PyTorch): {type(e).__name__}: {e}") from e
+        graph.replay()  # first replay uploads the graph
+        torch.cuda.synchronize(self.device)
+        self.graph = graph
+
+    def sample(self) -> float:
+        if not self.cuda:
+            t0 = time.perf_counter()
+            for _ in range(self.calls):
+                self.fn()
+            return (time.perf_counter() - t0) * 1e3 / self.calls
+        if self.flush is not None:
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(self.calls)]
+            for start, end in events:
+                self.flush.zero_()
+                start.record(self.stream)
+                self.fn()
+                end.record(self.stream)
+            torch.cuda.synchronize(self.device)
+            return sum(s.elapsed_time(e) for s, e in events) / self.calls
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(self.stream)
+        if self.graph is not None:
+            self.graph.replay()
         else:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            for _ in range(repeats):
-                start.record(stream)
-                for _ in range(calls):
-                    fn()
-                end.record(stream)
-                end.synchronize()
-                samples.append(start.elapsed_time(end) / calls)
-        torch.cuda.synchronize(device)
-    return _summary(samples, repeats, calls)
-
-
-def _time_graph(fn, device, stream, warmup, repeats, calls) -> Timing:
-    # PyTorch requires warm-up on a side stream before capture (lazy init, cuBLAS workspaces...).
-    side = torch.cuda.Stream(device)
-    side.wait_stream(stream)
-    with torch.cuda.stream(side):
-        for _ in range(max(1, warmup)):
-            fn()
-    stream.wait_stream(side)
-    torch.cuda.synchronize(device)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            for _ in range(calls):
-                fn()
-    except Exception as e:
-        torch.cuda.synchronize(device)
-        raise RuntimeError(f"CUDA graph capture failed (the method may sync with the host or allocate "
-                           f"outside PyTorch): {type(e).__name__}: {e}") from e
-    graph.replay()  # first replay uploads the graph
-    torch.cuda.synchronize(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(repeats):
-        start.record(stream)
-        graph.replay()
-        end.record(stream)
+            for _ in range(self.calls):
+                self.fn()
+        end.record(self.stream)
         end.synchronize()
-        samples.append(start.elapsed_time(end) / calls)
-    del graph
-    return _summary(samples, repeats, calls)
+        return start.elapsed_time(end) / self.calls
+
+    def close(self) -> None:
+        self.graph = self.flush = None

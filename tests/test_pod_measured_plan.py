@@ -39,13 +39,15 @@ def test_plan_key_exact_and_pow2():
 
 def fake_measure(times, calls):
     """A timer that says ``times[candidate]`` ms; which candidate a callable is, from its launches."""
-    def measure(fn, device):
-        if hasattr(fn, "launch_states"):
-            name = "serial"
-        else:
-            name = f"fused{fn.launch_state.plan.ctas_per_sm}"
-        calls.append(name)
-        return times[name]
+    def measure(fns, device):
+        measure.seen = dict(fns)
+        out = {}
+        for label, fn in fns.items():
+            name = "serial" if hasattr(fn, "launch_states") else f"fused{fn.launch_state.plan.ctas_per_sm}"
+            assert name == label
+            calls.append(name)
+            out[label] = times[name]
+        return out
     return measure
 
 
@@ -59,6 +61,7 @@ def test_pod_runs_the_measured_winner_correctly(winner):
     pod.measure = fake_measure(times, calls)
     run = pod.prepare(batch)
     assert sorted(calls) == ["fused2", "fused4", "serial"]
+    assert run is pod.measure.seen[winner]          # the timed candidate runs; it is not prepared twice
     impl = pod.info()["impl"]
     assert "plan measured" in impl
     if winner == "serial":
@@ -67,9 +70,11 @@ def test_pod_runs_the_measured_winner_correctly(winner):
         assert impl.startswith(f"triton cps{winner[-1]} ") and run.launch_state.plan.ctas_per_sm == int(winner[-1])
     chk = check_outputs(run(), reference_outputs(batch), SPEC.dtype)
     assert chk.ok, chk.reason
-    # the same key again: the decision is reused, nothing is timed
-    pod.prepare(HybridBatch.allocate(SPEC, "cpu", seed=6))
-    assert len(calls) == 3
+    # the same key again: the decision is reused, nothing is timed, and the new batch's launch
+    # (prepared afresh) says the same plan
+    run2 = pod.prepare(batch2 := HybridBatch.allocate(SPEC, "cpu", seed=6))
+    assert len(calls) == 3 and pod.info()["impl"] == impl and run2 is not run
+    assert check_outputs(run2(), reference_outputs(batch2), SPEC.dtype).ok
 
 
 def test_pod_measured_serial_is_our_serial():

@@ -171,6 +171,44 @@ def test_resume_after_sigkill(tmp_path):
     assert set(df[df.method == "slow"].status) == {"ok"} and set(df[df.method == "TEST_wrong"].status) == {"failed_check"}
 
 
+def test_interleaved_runs_give_the_same_rows(tmp_path):
+    """timing: {interleave: true}: every method checked, then timed in turn; the same statuses,
+    errors and checks as one method at a time, every ok row timed."""
+    seq, inter = tmp_path / "seq.csv", tmp_path / "inter.csv"
+    R.run_experiment(_write(tmp_path, TINY, "a"), seq, device="cpu", progress=False)
+    counts = R.run_experiment(_write(tmp_path, TINY.replace("calls: 1}", "calls: 1, interleave: true}"), "b"), inter,
+                              device="cpu", progress=False)
+    assert counts == {"ok": 4, "failed_check": 2, "unavailable": 4, "error": 2}
+    cols = ["row_key", "method", "status", "reason", "impl", "max_abs_err", "rel_err", "repeats", "calls"]
+    a, b = (_read(p).sort_values(["row_key", "method"])[cols].reset_index(drop=True) for p in (seq, inter))
+    pd.testing.assert_frame_equal(a, b)
+    ok = _read(inter)
+    ok = ok[ok.status == "ok"]
+    assert (ok.median_ms.astype(float) > 0).all() and (ok.repeats == "2").all()
+
+
+def test_time_interleaved_alternates_and_falls_back(monkeypatch):
+    from experiments import sweep, timing
+
+    order = []
+    t = timing.time_interleaved({n: (lambda n=n: order.append(n)) for n in "ABC"}, "cpu", warmup=1, repeats=3, calls=1)
+    assert order == list("ABC") + list("ABC") + list("CBA") + list("ABC")       # warm-ups, then rounds
+    assert set(t) == set("ABC") and all(len(x.samples_ms) == 3 for x in t.values())
+    # interleaved timing that fails (e.g. out of memory with every buffer held): each alone instead
+    real = timing.time_interleaved
+
+    def fails_together(fns, *a, **k):
+        if len(fns) > 1:
+            raise MemoryError("out of memory with every method's buffers held")
+        return real(fns, *a, **k)
+
+    monkeypatch.setattr(timing, "time_interleaved", fails_together)
+    res = {n: {"status": ""} for n in "AB"}
+    sweep.time_methods({n: (res[n], lambda: None) for n in "AB"}, timing.torch.device("cpu"),
+                       {"warmup": 0, "repeats": 2, "calls": 1}, interleave=True)
+    assert all(r["status"] == "ok" and r["repeats"] == 2 for r in res.values())
+
+
 def test_time_callable_cpu():
     calls = []
     t = time_callable(lambda: calls.append(1), "cpu", warmup=2, repeats=3, calls=4)

@@ -35,9 +35,10 @@ class _TritonPod(Method):
         self.last_plan: dict = {}
         # the cost model's parameters; None: kernels.pod.calibration.for_device at prepare time
         self.calibration = None
-        # plan "measured": the decision per plan_key, and how a candidate is timed (fn, device) -> ms
+        # plan "measured": the decision per plan_key, and how the candidates are timed
+        # ({name: fn}, device) -> {name: ms}
         self.measured: dict = {}
-        self.measure = _median_ms
+        self.measure = _median_ms_each
 
     def unavailable_reason(self, device):
         reason = super().unavailable_reason(device)
@@ -84,7 +85,12 @@ class _TritonPod(Method):
             self.last_plan = plan.as_dict()
             return prepare_launch(batch, plan, paged)
         if self.config.ctas_per_sm == "auto" and self.config.plan == "measured":
-            choice = self._measured_choice(batch, paged)
+            choice, fresh = self._measured_choice(batch, paged)
+            if fresh is not None:     # this batch's candidates were just prepared: run the winner's
+                runs, plans = fresh
+                name = "serial" if choice.kind == "serial" else f"fused{choice.ctas_per_sm}"
+                self.last_plan = {**plans[name], "choice": asdict(choice)}
+                return runs[name]
         else:
             choice = choose_execution(batch.spec, self.config, self._calibration(batch.device))
         if choice.kind == "serial":
@@ -93,18 +99,23 @@ class _TritonPod(Method):
         self.last_plan = {**plan.as_dict(), "choice": asdict(choice)}
         return prepare_launch(batch, plan, paged)
 
-    def _measured_choice(self, batch, paged) -> ExecutionChoice:
+    def _measured_choice(self, batch, paged):
         """Serial or fused 2 or 4 CTAs/SM, whichever ran fastest on this device the first time a
-        batch of this key was prepared (each candidate timed with ``self.measure``)."""
+        batch of this key was prepared (the candidates timed together with ``self.measure``).
+        Returns (choice, None), or on that first time (choice, (the candidates' callables, their
+        plan dicts)) so that the winner is not prepared twice."""
         key = plan_key(batch.spec, self.config.plan_key)
-        if key not in self.measured:
-            runs = {"serial": self._prepare_serial(batch, paged)}
-            for cps in (2, 4):
-                plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=cps))
-                runs[f"fused{cps}"] = prepare_launch(batch, plan, paged)
-            times = {name: float(self.measure(fn, batch.device)) for name, fn in runs.items()}
-            self.measured[key] = measured_choice(times, self.config.fuse_margin, "/".join(map(str, key)))
-        return self.measured[key]
+        if key in self.measured:
+            return self.measured[key], None
+        runs = {"serial": self._prepare_serial(batch, paged)}
+        plans = {"serial": dict(self.last_plan)}
+        for cps in (2, 4):
+            plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=cps))
+            runs[f"fused{cps}"] = prepare_launch(batch, plan, paged)
+            plans[f"fused{cps}"] = plan.as_dict()
+        times = {name: float(ms) for name, ms in self.measure(runs, batch.device).items()}
+        self.measured[key] = measured_choice(times, self.config.fuse_margin, "/".join(map(str, key)))
+        return self.measured[key], (runs, plans)
 
     def cta_timeline(self, batch, warmup: int = 2):
         """Run this method's fused launch ``warmup`` times untraced, then once recording each CTA's
@@ -145,14 +156,15 @@ class _TritonPod(Method):
         return {"impl": impl, "plan": p}
 
 
-def _median_ms(fn, device) -> float:
-    """A plan candidate's time: the harness's one timing utility, briefly (a plan is measured once
-    per key; under the CPU interpreter once, only so that the code path runs)."""
-    from experiments.timing import time_callable   # the harness's timer; imported late: kernels stay importable alone
+def _median_ms_each(fns: dict, device) -> dict:
+    """The plan candidates' times: the harness's one timing utility, briefly (a plan is measured
+    once per key; under the CPU interpreter once, only so that the code path runs), the candidates'
+    samples taken in turn: timed one after the other, a candidate timed later ran up to 13% slower
+    than the same launch timed first on the H200's largest figure-11 batches (analysis/measured_plan.py)."""
+    from experiments.timing import time_interleaved   # the harness's timer; imported late: kernels stay importable alone
 
-    if device.type == "cuda":
-        return time_callable(fn, device, warmup=1, repeats=3, calls=3).median_ms
-    return time_callable(fn, device, warmup=0, repeats=1, calls=1).median_ms
+    kw = dict(warmup=1, repeats=3, calls=3) if device.type == "cuda" else dict(warmup=0, repeats=1, calls=1)
+    return {name: t.median_ms for name, t in time_interleaved(fns, device, **kw).items()}
 
 
 @register
