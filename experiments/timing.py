@@ -2,6 +2,7 @@
 CUDA events, latency = elapsed / calls), ``repeats`` times, reported as median and spread."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ def time_interleaved(fns: dict, device, warmup: int = 1, repeats: int = 3, calls
         device = torch.device("cuda", torch.cuda.current_device())
     names = list(fns)
     samples: dict = {n: [] for n in names}
-    ctx = torch.cuda.device(device) if device.type == "cuda" else _nullcontext()
+    ctx = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with ctx:
         samplers = {n: _Sampler(fns[n], device, calls, l2_flush, cuda_graph) for n in names}
         try:
@@ -82,14 +83,6 @@ def time_interleaved(fns: dict, device, warmup: int = 1, repeats: int = 3, calls
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
     return {n: _summary(samples[n], repeats, calls) for n in names}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _Sampler:

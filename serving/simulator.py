@@ -19,8 +19,9 @@ Latency sources:
     over-predicted by 23-27% on the 1-8 decode iterations that fill an online run (table 5).
     An engine replaying decode-only iterations as CUDA graphs (serving/graphs.py) adds
     ``c_slots * decode_slots`` (see ``decode_slots``): without it the graphed FlashAttention-2
-    engine's decode iterations of 3-16 sequences with 20-24K keys were under-predicted by 25-45%
-    (its cost follows the graph's padded rows and key bound, not the keys attended).
+    engine's decode-only iterations of 3-16 sequences in table 5's online runs were under-predicted
+    by 23-36% (median per size), with it by -2% to +3% up to 8 sequences (+21% at 9-16): their cost
+    follows the graph's padded rows and key bound, not the keys attended.
     The fit minimises relative errors, so that 10 ms decode iterations count as much as 100 ms
     prefill ones.
 """
