@@ -16,6 +16,7 @@ The iteration's duration is still rank 0's wall time to the sampled tokens on th
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -58,6 +59,49 @@ class EventTimer:
                 out[part] = out.get(part, 0.0) + dt
         self.marks.clear()
         return out
+
+
+class CompileClock:
+    """Seconds spent in Triton JIT compiles (a kernel specialization's first use in the process)
+    while ``measuring``: from Triton's ``jit_cache_hook`` (called before a compile) to its
+    ``jit_post_compile_hook`` (after), hooks already set being chained. A production engine warms
+    its kernels up before serving; a compile that the warm-up missed stalls one iteration by seconds
+    (table 5's first POD runs: 1.6-2.0 s at iteration 22, not in the same lease's repeat), so the
+    engine leaves it out of the iteration as it does a graph capture, and counts it."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.compiles = 0
+
+    @contextmanager
+    def measuring(self):
+        try:
+            from triton import knobs
+        except ImportError:          # no Triton: nothing can compile
+            yield self
+            return
+        rt = knobs.runtime
+        prev_pre, prev_post = rt.jit_cache_hook, rt.jit_post_compile_hook
+        started: list = []
+
+        def pre(**kw):
+            started.append(time.perf_counter())
+            return prev_pre(**kw) if prev_pre else None
+
+        def post(**kw):
+            if started:
+                self.seconds += time.perf_counter() - started.pop()
+                self.compiles += 1
+            return prev_post(**kw) if prev_post else None
+
+        rt.jit_cache_hook, rt.jit_post_compile_hook = pre, post
+        try:
+            yield self
+        finally:
+            rt.jit_cache_hook, rt.jit_post_compile_hook = prev_pre, prev_post
+
+    def stats(self) -> dict:
+        return {"jit_compiles": self.compiles, "jit_compile_s": self.seconds}
 
 
 def meta_from_arrays(a: dict, device) -> IterationMeta:
@@ -128,6 +172,7 @@ class Engine:
             raise ValueError("prompt must be 'repeated' (the artifact's: one token id) or 'pseudo_random'")
         self.prompt = prompt
         self.graphs = None
+        self.compile_clock = CompileClock()
         if decode_graphs:
             from .graphs import DecodeGraphs
 
@@ -196,13 +241,19 @@ class Engine:
     @torch.inference_mode()
     def execute(self, batch: Batch, index: int = 0) -> float:
         """Run one iteration and append each sampling request's token. Returns the seconds that
-        are not part of the iteration (a decode graph's one-time capture; 0 otherwise)."""
+        are not part of the iteration (a decode graph's one-time capture, Triton JIT compiles; 0
+        otherwise)."""
         arrays = self.batch_arrays(batch)
-        untimed = 0.0
         if self.graphs is not None and self.timer is None and self.graphs.key(arrays) is not None:
-            logits, untimed = self.graphs.run(arrays)
+            logits, untimed = self.graphs.run(arrays)     # a capture's compiles are in its untimed
             self._sample(batch, logits)
             return untimed
+        before = self.compile_clock.seconds
+        with self.compile_clock.measuring():
+            self._execute_eager(batch, arrays)
+        return self.compile_clock.seconds - before
+
+    def _execute_eager(self, batch: Batch, arrays: dict) -> None:
         meta = meta_from_arrays(arrays, self.device)
         # planned before the other ranks hear of the batch: a backend refusing it (POD with two
         # prefills) raises here with the group still in step
@@ -219,7 +270,6 @@ class Engine:
                 self.tp_group.abort()      # the ranks may be mid-collective: out of step for good
                 raise
         self._sample(batch, logits)
-        return untimed
 
     def _sample(self, batch: Batch, logits: torch.Tensor) -> None:
         tokens = logits.argmax(-1).tolist()          # synchronizes with the device
@@ -255,9 +305,11 @@ class Engine:
         self.cache.pool = BlockPool(blocks, self.cache.block_size)
         return self.cache.pool
 
-    def graph_stats(self) -> dict:
-        """Decode-graph counters for a run's summary (``decode_graphs`` False when off)."""
-        return self.graphs.stats() if self.graphs is not None else {"decode_graphs": False}
+    def run_counters(self) -> dict:
+        """Decode-graph and JIT-compile counters for a run's summary (``decode_graphs`` False when
+        off; compiles since the warm-up)."""
+        graphs = self.graphs.stats() if self.graphs is not None else {"decode_graphs": False}
+        return {**graphs, **self.compile_clock.stats()}
 
     def run(self, specs: list[RequestSpec], scheduler_cfg: dict, max_iterations: int | None = None,
             select=None, on_iteration=None) -> LoopResult:
@@ -276,6 +328,7 @@ class Engine:
             cap = min(cap, int(cfg.get("max_tokens", cap)))
         specs = [RequestSpec(i, max(1, min(p, cap)), output_len) for i, p in enumerate(prompt_lens)]
         self.run(specs, cfg)
+        self.compile_clock = CompileClock()    # a run's summary counts the compiles the warm-up missed
 
     def synthetic_batch(self, prefill_tokens: int, prefill_kv: int, num_decodes: int, decode_ctx: int,
                         shortest: int | None = None) -> Batch:

@@ -244,7 +244,7 @@ def _kv_info(engine) -> dict:
     return {"num_blocks": blocks, "cache_blocks": c.num_blocks, "block_size": c.block_size,
             "kv_capacity_tokens": blocks * c.block_size,
             "backend_impl": engine.backend.info().get("impl", ""), "ops_impl": engine.model.impl,
-            "tp": engine.tp, "gpus": engine.gpus, **engine.graph_stats()}
+            "tp": engine.tp, "gpus": engine.gpus, **engine.run_counters()}
 
 
 def run_window(run, out_dir, prov, store, device):
@@ -357,11 +357,27 @@ def _resolve_qps(run, target_root: Path):
     return cap * float(q["capacity_fraction"]), {"capacity_qps": cap, "capacity_fraction": float(q["capacity_fraction"])}
 
 
-def run_online(run, out_dir, prov, store, device, target_root):
+def _same_load(run, config_dir: Path):
+    """The QPS the same online run ran at under ``config_dir`` (its runs/<id>/summary.csv), so that
+    a repeat on another machine or after a code change meets the same arrivals."""
+    f = Path(config_dir) / "runs" / run["id"] / "summary.csv"
+    if not f.exists():
+        raise FileNotFoundError(f"--same-load-as: no {f} to take {run['id']}'s load from")
+    s = pd.read_csv(f).iloc[0]
+    return float(s["qps"]), {"qps_from": str(f), **{k: float(s[k]) for k in ("capacity_qps", "capacity_fraction")
+                                                     if k in s and pd.notna(s[k])}}
+
+
+def run_online(run, out_dir, prov, store, device, target_root, same_load_as=None):
+    """One measured online run; ``same_load_as``: a config folder whose run of the same id sets the
+    QPS (``_same_load``), else the run's own ``qps``."""
     from .metrics import request_rows, summarize
     from .trace import build_workload
 
-    qps, qinfo = _resolve_qps(run, target_root)
+    if same_load_as is not None:
+        qps, qinfo = _same_load(run, same_load_as)
+    else:
+        qps, qinfo = _resolve_qps(run, target_root)
     wl = dict(run["workload"], qps=qps)
     engine = _engine(run, store, device)
     specs = build_workload(wl)
@@ -866,6 +882,9 @@ def main(argv=None) -> int:
                     help="start no new run after this many seconds (rerun the command to resume)")
     ap.add_argument("--only", default=None, help="run only ids containing this substring")
     ap.add_argument("--force", action="store_true", help="rerun runs that are already done")
+    ap.add_argument("--same-load-as", default=None, metavar="DIR",
+                    help="online runs take the QPS their namesakes under DIR/<config>/runs/ ran at (a repeat "
+                         "at the same load) instead of resolving it from the calibration")
     args = ap.parse_args(argv)
 
     t_start = time.time()
@@ -907,7 +926,8 @@ def main(argv=None) -> int:
                 elif kind == "window":
                     s = run_window(run, run_dir, prov, store, device)
                 elif kind == "online":
-                    s = run_online(run, run_dir, prov, store, device, root)
+                    s = run_online(run, run_dir, prov, store, device, root,
+                                   Path(args.same_load_as) / doc["name"] if args.same_load_as else None)
                 elif kind == "breakdown":
                     s = run_breakdown(run, run_dir, prov, store, device)
                 elif kind == "profile":

@@ -35,7 +35,7 @@ def _run(backend, graphs, options=None):
 def test_static_decode_path_equals_eager(backend, options):
     eager, res_e = _run(backend, False, options)
     graphed, res_g = _run(backend, {"batch_sizes": [1, 2, 4, 8], "min_context": 16}, options)
-    stats = graphed.graph_stats()
+    stats = graphed.run_counters()
     decode_only = [it for it in res_g.iterations if it["prefill_tokens"] == 0]
     assert decode_only and stats["graphed_iterations"] == len(decode_only)
     assert stats["graph_keys"] >= 2            # several (rows, ctx) keys were met
@@ -44,7 +44,7 @@ def test_static_decode_path_equals_eager(backend, options):
     for a, b in zip(eager.logits_log, graphed.logits_log):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert eager.graph_stats() == {"decode_graphs": False}
+    assert eager.run_counters() == {"decode_graphs": False, "jit_compiles": 0, "jit_compile_s": 0.0}
 
 
 def test_check_backends_reports_graphed_rows():

@@ -236,3 +236,22 @@ def test_profile_decode_sets_of_unequal_lengths(tmp_path):
     doc["runs"][0]["points"] = [[0, 0, 5]]
     cfg.write_text(yaml.safe_dump(doc))
     assert main([str(cfg), "--out", str(tmp_path / "out2")]) != 0
+
+
+def test_same_load_as_repeats_an_online_run_at_its_recorded_qps(tmp_path, capsys):
+    cfg = tmp_path / "mini.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main([str(cfg), "--out", str(first), "--stage", "gpu", "--only", "on"]) == 0
+    f = first / "mini" / "runs" / "on" / "summary.csv"
+    s = pd.read_csv(f)
+    s["qps"] = 7.25            # not the YAML's load: the repeat must take this one
+    s.to_csv(f, index=False)
+    assert main([str(cfg), "--out", str(again), "--stage", "gpu", "--only", "on", "--same-load-as", str(first)]) == 0
+    r = pd.read_csv(again / "mini" / "runs" / "on" / "summary.csv").iloc[0]
+    assert r["qps"] == 7.25 and r["qps_from"].endswith("first/mini/runs/on/summary.csv")
+    # nothing to take the load from: that run fails, said so
+    capsys.readouterr()
+    assert main([str(cfg), "--out", str(tmp_path / "third"), "--stage", "gpu", "--only", "on", "--force",
+                 "--same-load-as", str(tmp_path / "none")]) == 1
+    assert "--same-load-as: no" in capsys.readouterr().err

@@ -116,3 +116,31 @@ def test_fit_gives_iterations_with_a_prefill_their_own_intercept():
     old = LatencyModel.from_dict({"coef": {k: v for k, v in m.coef.items() if k != "has_prefill"}})
     decode_only = [r for r in rows if not r["prefill_pairs"]]
     assert all(old.predict_features(r) == pytest.approx(m.predict_features(r)) for r in decode_only)
+
+
+def test_fit_weighs_each_kind_of_iteration_alike():
+    """Repeating every decode-only iteration five times changes nothing: the fit weighs the kinds
+    (decode-only, prefill-only, both), not the rows, so a kind the runs hold few of (whole prompts)
+    is not fitted away. The truth here has a cost the model cannot express (a quadratic in decodes),
+    so the fit must trade the kinds off."""
+    from serving.simulator import kind_weights
+
+    def truth(f):
+        return 5e-3 + 2e-5 * max(f["num_tokens"], 256) + 2e-9 * f["prefill_pairs"] + 1e-5 * f["num_seqs"] ** 2
+
+    rows = []
+    for nd in (1, 3, 8, 20, 40):
+        rows.append({"num_tokens": nd, "num_seqs": nd, "prefill_pairs": 0, "prefill_kv": 0, "decode_kv": nd * 4096})
+        rows.append({"num_tokens": nd + 512, "num_seqs": nd + 1, "prefill_pairs": 512 * 4096, "prefill_kv": 4096,
+                     "decode_kv": nd * 4096})
+    for n in (2048, 8192, 16384):
+        rows.append({"num_tokens": n, "num_seqs": 1, "prefill_pairs": n * n // 2, "prefill_kv": n, "decode_kv": 0})
+    for r in rows:
+        r["duration"] = truth(r)
+    w = kind_weights(rows)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[-3:].sum() == pytest.approx(w[0:10:2].sum()) == pytest.approx(w[1:10:2].sum())
+    more = rows + [dict(r) for r in rows if not r["prefill_pairs"] for _ in range(4)]
+    a, b = LatencyModel.fit(rows), LatencyModel.fit(more)
+    for r in rows:
+        assert b.predict_features(r) == pytest.approx(a.predict_features(r), rel=1e-9)
