@@ -21,12 +21,18 @@ Latency sources:
     ``c_slots * decode_slots`` (see ``decode_slots``): without it the graphed FlashAttention-2
     engine's decode-only iterations of 3-16 sequences in table 5's online runs were under-predicted
     by 23-36% (median per size), with it by -2% to +3% up to 8 sequences (+21% at 9-16): their cost
-    follows the graph's padded rows and key bound, not the keys attended.
+    follows the graph's padded rows and key bound, not the keys attended. Even so a replay's cost
+    follows its launch geometry (split-KV splits and waves), which no line in slots draws: the
+    graphed fit was 6-11% low on FA_Serial's replays of 2-8 rows under a 32K bound, while per graph
+    key the online runs' replays took what the profiles' replays of that key took (within 6%). So
+    each graph key the fitting rows replay gets a factor (``graph_factors``: the median of measured
+    over linear prediction on that key's rows); keys the rows lack keep the line.
     The fit minimises relative errors, so that 10 ms decode iterations count as much as 100 ms
-    prefill ones, and each kind of iteration (decode-only, prefill-only, both) weighs the same in
-    all, however many of each the runs hold: unweighted, table 5's graphed profiles (11 whole
-    prompts among 110 iterations) left whole prompts under-predicted by 16% (median), and vLLM's
-    TTFT, which waits on them, by 25%.
+    prefill ones. Rows that sample a run (windows) keep their run's mix; a profile is a designed
+    grid with no mix of its own, so within the profiles each kind of iteration (decode-only,
+    prefill-only, both) weighs the same however many of each the grid holds (``kind_weights``):
+    unweighted, table 5's graphed profiles (11 whole prompts among 110 iterations) left whole
+    prompts under-predicted by 16% (median), and vLLM's TTFT, which waits on them, by 25%.
 """
 from __future__ import annotations
 
@@ -69,6 +75,15 @@ def decode_slots(f: dict, graphs: dict | None) -> float:
     return float(f["decode_kv"])
 
 
+def graph_key(f: dict, graphs: dict | None) -> str | None:
+    """``"<rows>x<key bound>"`` of the graph a graphed engine replays for this iteration; None when
+    no graph runs it (an eager engine, an iteration with a prefill, a batch past every graph)."""
+    if not graphs or f["prefill_tokens"]:
+        return None
+    shape = graph_shape(f["num_decodes"], f["decode_kv_max"], graphs["batch_sizes"], graphs["min_context"])
+    return None if shape is None else f"{shape[0]}x{shape[1]}"
+
+
 def iteration_kind(f: dict) -> str:
     """``decode``, ``prefill`` or ``mixed``: which attention work the iteration holds."""
     if not f["prefill_pairs"]:
@@ -76,13 +91,21 @@ def iteration_kind(f: dict) -> str:
     return "mixed" if f["decode_kv"] else "prefill"
 
 
+SAMPLED_KINDS = ("window", "online")    # run kinds whose iterations sample a real run's mix
+
+
 def kind_weights(rows: list[dict]) -> np.ndarray:
-    """Per-row fit weights that give each iteration kind (``iteration_kind``) the same total weight;
-    mean 1."""
-    kinds = [iteration_kind(r) for r in rows]
-    counts = {k: kinds.count(k) for k in set(kinds)}
-    w = np.array([1.0 / counts[k] for k in kinds])
-    return w * (len(w) / w.sum())
+    """Per-row fit weights, mean 1: rows of a sampled run (``kind`` in ``SAMPLED_KINDS``) weigh 1
+    each; the other rows (profiles, or rows without a ``kind``) keep their total weight, shared so
+    that each iteration kind (``iteration_kind``) among them weighs the same."""
+    grid = [i for i, r in enumerate(rows) if r.get("kind") not in SAMPLED_KINDS]
+    w = np.ones(len(rows))
+    if grid:
+        kinds = [iteration_kind(rows[i]) for i in grid]
+        counts = {k: kinds.count(k) for k in set(kinds)}
+        g = np.array([1.0 / counts[k] for k in kinds])
+        w[grid] = g * (len(grid) / g.sum())
+    return w
 
 
 def _base_vector(f: dict, knee: float = 0.0, graphs: dict | None = None) -> list[float]:
@@ -98,8 +121,14 @@ class LatencyModel:
     overlap_scale: tuple = (0.0, 0.0)   # (c_pp, c_dk) used inside the overlap term
     stats: dict = field(default_factory=dict)
     graphs: dict | None = None          # the engine's decode-graph options (serving/graphs.py) if it used them
+    graph_factors: dict = field(default_factory=dict)   # graph key ("rowsxbound") -> measured / linear
 
     def predict_features(self, f: dict) -> float:
+        t = self._linear(f)
+        k = graph_key(f, self.graphs)
+        return t * self.graph_factors.get(k, 1.0) if k else t
+
+    def _linear(self, f: dict) -> float:
         x = dict(zip(BASE_FEATURES, _base_vector(f, self.coef.get("knee", 0.0), self.graphs)))
         t = sum(self.coef.get(k, 0.0) * v for k, v in x.items())
         if self.coef.get("overlap"):
@@ -136,6 +165,12 @@ class LatencyModel:
                     model = cand
             if best is None or model._sse(rows) < best._sse(rows):
                 best = model
+        ratios: dict = {}
+        for r in rows:
+            k = graph_key(r, graphs)
+            if k and best._linear(r) > 0:
+                ratios.setdefault(k, []).append(float(r["duration"]) / best._linear(r))
+        best.graph_factors = {k: float(np.median(v)) for k, v in sorted(ratios.items())}
         best.stats = best.evaluate(rows)
         return best
 
@@ -156,12 +191,13 @@ class LatencyModel:
         d = {"coef": self.coef, "overlap_scale": list(self.overlap_scale), "stats": self.stats}
         if self.graphs:
             d["graphs"] = self.graphs
+            d["graph_factors"] = self.graph_factors
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LatencyModel":
         return cls(dict(d["coef"]), tuple(d.get("overlap_scale", (0.0, 0.0))), dict(d.get("stats", {})),
-                   d.get("graphs"))
+                   d.get("graphs"), dict(d.get("graph_factors", {})))
 
 
 class ReplayLatency:

@@ -148,6 +148,34 @@ def test_latency_model_decode_slots_of_a_graphed_engine():
     assert "graphs" not in LatencyModel.fit(rows).to_dict()
 
 
+def test_graph_factors_take_each_replayed_keys_measured_cost():
+    """A replay whose cost is off the line in slots (its launch geometry) is predicted from its own
+    key's rows; a key no row replayed keeps the line; eager fits have no factors."""
+    from serving.graphs import graph_options
+    from serving.simulator import LatencyModel, decode_slots, graph_key
+
+    g = graph_options({"batch_sizes": [1, 2, 4, 8], "min_context": 1024})
+    dec = lambda n, kmax: {"num_tokens": n, "num_seqs": n, "prefill_tokens": 0, "prefill_kv": 0,  # noqa: E731
+                           "prefill_pairs": 0, "num_decodes": n, "decode_kv": n * kmax, "decode_kv_max": kmax}
+    assert graph_key(dec(3, 3000), g) == "4x4096" and graph_key(dec(3, 3000), None) is None
+    assert graph_key(dict(dec(3, 3000), prefill_tokens=5), g) is None and graph_key(dec(9, 100), g) is None
+    off = {"4x4096": 1.3, "2x2048": 0.8}           # keys whose replays cost more / less than the line
+    line = lambda f: 2e-3 + 5e-4 * f["num_seqs"] + 3e-8 * decode_slots(f, g)  # noqa: E731
+    rows = []
+    for n in (1, 2, 3, 4, 5, 8):
+        for kmax in (900, 1500, 3000, 6000):
+            f = dec(n, kmax)
+            rows.append({**f, "duration": line(f) * off.get(graph_key(f, g), 1.0)})
+    m = LatencyModel.fit(rows, graphs=g)
+    for r in rows:
+        assert m.predict_features(r) == pytest.approx(r["duration"], rel=0.03)
+    assert m.graph_factors["4x4096"] / m.graph_factors["4x8192"] == pytest.approx(1.3, rel=0.02)
+    unseen = dec(8, 20000)                          # 8x32768: no row replayed it
+    assert graph_key(unseen, g) not in m.graph_factors and m.predict_features(unseen) == m._linear(unseen)
+    assert LatencyModel.from_dict(m.to_dict()).graph_factors == m.graph_factors
+    assert LatencyModel.fit(rows).graph_factors == {}
+
+
 def test_graph_options_and_calibration_refuse_mixed_settings(tmp_path):
     import json
 

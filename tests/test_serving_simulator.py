@@ -144,3 +144,11 @@ def test_fit_weighs_each_kind_of_iteration_alike():
     a, b = LatencyModel.fit(rows), LatencyModel.fit(more)
     for r in rows:
         assert b.predict_features(r) == pytest.approx(a.predict_features(r), rel=1e-9)
+    # rows that sample a run (a window) keep their mix: there, five times the decodes pull harder
+    sampled = [dict(r, kind="window") for r in rows]
+    assert (kind_weights(sampled) == 1).all()
+    c = LatencyModel.fit(sampled + [dict(r, kind="window") for r in rows if not r["prefill_pairs"] for _ in range(4)])
+    assert any(abs(c.predict_features(r) / a.predict_features(r) - 1) > 1e-3 for r in rows)
+    # mixed: the window rows weigh 1 each, the profile rows share their total by kind
+    w = kind_weights(sampled[:4] + rows[4:])
+    assert (w[:4] == w[0]).all() and w.mean() == pytest.approx(1.0)
