@@ -68,19 +68,21 @@ def decode_slots(f: dict, graphs: dict | None) -> float:
     decode keys. 0 for an eager engine (the column then stays out of its fit)."""
     if not graphs:
         return 0.0
-    if not f["prefill_tokens"]:
-        shape = graph_shape(f["num_decodes"], f["decode_kv_max"], graphs["batch_sizes"], graphs["min_context"])
-        if shape is not None:
-            return float(shape[0] * shape[1])
-    return float(f["decode_kv"])
+    shape = _replayed_shape(f, graphs)
+    return float(shape[0] * shape[1]) if shape is not None else float(f["decode_kv"])
 
 
-def graph_key(f: dict, graphs: dict | None) -> str | None:
-    """``"<rows>x<key bound>"`` of the graph a graphed engine replays for this iteration; None when
+def _replayed_shape(f: dict, graphs: dict | None) -> tuple[int, int] | None:
+    """(padded rows, key bound) of the graph a graphed engine replays for this iteration; None when
     no graph runs it (an eager engine, an iteration with a prefill, a batch past every graph)."""
     if not graphs or f["prefill_tokens"]:
         return None
-    shape = graph_shape(f["num_decodes"], f["decode_kv_max"], graphs["batch_sizes"], graphs["min_context"])
+    return graph_shape(f["num_decodes"], f["decode_kv_max"], graphs["batch_sizes"], graphs["min_context"])
+
+
+def graph_key(f: dict, graphs: dict | None) -> str | None:
+    """``"<rows>x<key bound>"`` of the graph replayed for this iteration (``_replayed_shape``)."""
+    shape = _replayed_shape(f, graphs)
     return None if shape is None else f"{shape[0]}x{shape[1]}"
 
 
@@ -148,7 +150,8 @@ class LatencyModel:
         if len(rows) < min_fit_rows(graphs):
             raise ValueError(f"need at least {min_fit_rows(graphs)} iterations to fit, got {len(rows)}")
         y = np.array([float(r["duration"]) for r in rows])
-        sw = np.sqrt(kind_weights(rows))
+        w = kind_weights(rows)
+        sw = np.sqrt(w)
         best = None
         for knee in KNEES:
             X = np.array([_base_vector(r, knee, graphs) for r in rows], dtype=float)
@@ -161,9 +164,9 @@ class LatencyModel:
                 c2 = nonneg_lstsq(X2 / y[:, None] * sw[:, None], sw, free={X2.shape[1] - 1})
                 cand = cls({**dict(zip(BASE_FEATURES, map(float, c2[:-1]))), "knee": float(knee),
                             "overlap": float(c2[-1])}, model.overlap_scale, graphs=graphs)
-                if cand._sse(rows) < model._sse(rows):
+                if cand._sse(rows, w) < model._sse(rows, w):
                     model = cand
-            if best is None or model._sse(rows) < best._sse(rows):
+            if best is None or model._sse(rows, w) < best._sse(rows, w):
                 best = model
         ratios: dict = {}
         for r in rows:
@@ -174,10 +177,10 @@ class LatencyModel:
         best.stats = best.evaluate(rows)
         return best
 
-    def _sse(self, rows) -> float:
-        """Sum of squared relative errors, each kind of iteration weighted alike (``kind_weights``)."""
+    def _sse(self, rows, weights) -> float:
+        """Sum of squared relative errors, weighted (``kind_weights``)."""
         err = [(self.predict_features(r) / float(r["duration"]) - 1.0) ** 2 for r in rows]
-        return float(np.dot(kind_weights(rows), err))
+        return float(np.dot(weights, err))
 
     def evaluate(self, rows: list[dict]) -> dict:
         """Fit quality on ``rows``: n, mean absolute percentage error, max error, total-time error."""
