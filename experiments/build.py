@@ -1,6 +1,6 @@
 """Warm every kernel an experiment needs before anything is timed.
 
-    python -m experiments.build EXPERIMENT_YAML --out MARKER.json [--device cuda] [--smoke]
+    python -m experiments.build EXPERIMENT_YAML --out MARKER.json [--device cuda] [--smoke] [--methods A,B]
 
 FlashInfer JIT-compiles each kernel family with nvcc on first use (fa2 ~30 s per family, fa3
 several minutes) and Triton compiles per configuration, so a cold first timed call would measure
@@ -209,13 +209,18 @@ def calibrate_pod(exp, registry, device: torch.device, out: Path | None) -> dict
             "methods": users, "seconds": round(time.perf_counter() - t0, 3), "summary": cal.describe()}
 
 
-def build(experiment_path: str, device: torch.device, smoke: bool, calibration_out: Path | None = None) -> dict:
-    """Warm all methods of the experiment on ``device``; returns the marker document. A POD
-    calibration, when a method needs one, is saved at ``calibration_out``."""
-    from experiments.grid import device_memory_bytes, device_sm_count, expand, load_experiment
+def build(experiment_path: str, device: torch.device, smoke: bool, calibration_out: Path | None = None,
+          methods=None) -> dict:
+    """Warm the experiment's methods (all, or the labels ``methods`` names, as the runner's
+    --methods) on ``device``; returns the marker document. A POD calibration, when a method needs
+    one, is saved at ``calibration_out``."""
+    from experiments.grid import device_memory_bytes, device_sm_count, expand, load_experiment, select_methods
 
-    env = set_build_env(device)
     exp = load_experiment(experiment_path, smoke=smoke)
+    labels = select_methods(exp, methods)
+    if labels is not None:
+        exp.methods = [ms for ms in exp.methods if ms.label in labels]
+    env = set_build_env(device)
     # Only the shapes matter here, not the memory- or SM-filling decode batch sizes: without a GPU
     # any memory size (80 GB, the paper's) and SM count (the paper's 108) expands the grid.
     cuda = device.type == "cuda"
@@ -294,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="marker JSON to write")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available, else cpu)")
     ap.add_argument("--smoke", action="store_true", help="use the experiment's smoke overrides")
+    ap.add_argument("--methods", help="comma-separated method labels to warm (default: all in the YAML), "
+                                      "as the runner's --methods")
     args = ap.parse_args(argv)
 
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -306,7 +313,7 @@ def main(argv=None) -> int:
     from experiments.grid import ExperimentError
 
     try:
-        marker = build(args.experiment, device, args.smoke, calibration_path(args.out))
+        marker = build(args.experiment, device, args.smoke, calibration_path(args.out), args.methods)
     except ExperimentError as e:  # bad input, found before anything is compiled
         print(f"error: {e}", file=sys.stderr)
         return 2

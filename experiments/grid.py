@@ -319,6 +319,19 @@ def groups(rows) -> list:
     return list(out.items())
 
 
+def select_methods(exp: Experiment, methods) -> list | None:
+    """The method labels named by ``methods`` (a comma-separated string or a list; None or empty:
+    all of the experiment's, returned as None); a label the experiment lacks is bad input."""
+    if not methods:
+        return None
+    labels = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    unknown = sorted(set(labels) - {m.label for m in exp.methods})
+    if unknown:
+        raise ExperimentError(f"--methods: {', '.join(unknown)} not in {exp.path} "
+                              f"(has {', '.join(m.label for m in exp.methods)})")
+    return labels
+
+
 def parse_shard(text: str) -> tuple:
     """'I/N' (0 <= I < N) -> (I, N)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))

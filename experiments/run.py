@@ -125,13 +125,7 @@ def _run_rows(experiment, out, shard, smoke, device, max_rows, methods, gpu_memo
     rows = G.shard(G.expand(exp, gpu_memory_bytes, sm_count), *shard)
     if max_rows is not None:
         rows = rows[:max_rows]
-    labels = None
-    if methods:
-        labels = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
-        unknown = sorted(set(labels) - {m.label for m in exp.methods})
-        if unknown:
-            raise G.ExperimentError(f"--methods: {', '.join(unknown)} not in {exp.path} "
-                                    f"(has {', '.join(m.label for m in exp.methods)})")
+    labels = G.select_methods(exp, methods)
     insts = create_methods(exp, labels, dev)
     csv_out = raw_csv(out)
     done = csv_out.done()
