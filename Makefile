@@ -19,8 +19,13 @@ studies:  ## every tuning study (experiments/studies/) on this machine's GPU, an
 $(PAPER_TARGETS) $(STUDIES):  ## one experiment on this machine's GPU, e.g. `make figure11`, `make pod_ctas_ds3`
 	$(SNAKEMAKE) $@
 
-figures:  ## no GPU: rebuild every table, figure and report from results/raw/ (files change only if their content does)
+# Paper targets re-run on another GPU are shipped in a tree of their own, results/<gpu>/ (raw/,
+# tables/, figures/, REPORT.md), beside results/ (the H100's targets, the studies, serving).
+GPU_TREES := $(patsubst %/raw/,%,$(wildcard results/*/raw/))
+
+figures:  ## no GPU: rebuild every table, figure and report from results/raw/ and results/<gpu>/raw/ (files change only if their content does)
 	$(SNAKEMAKE) all studies --forceall --config use_shipped_results=true
+	for tree in $(GPU_TREES); do $(SNAKEMAKE) all --forceall --config use_shipped_results=true shipped_results_dir=$$tree || exit 1; done
 
 smoke:  ## no GPU: the whole workflow on every paper target's and study's smoke section, into results-smoke/
 	$(SNAKEMAKE) all studies --config smoke=true

@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from analysis.atomic import write_text_if_changed
+from kernels.catalogue import PHASES, method_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ORDER = ["figure1", "figure6", "figure7", "figure10", "figure11", "figure13", "figure14", "table7"]
@@ -98,6 +99,56 @@ def pod_faster_shares(table: pd.DataFrame) -> dict:
     return out
 
 
+def pod_targets(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """POD's headline numbers on a figure-11 wide table, each where its columns exist:
+    (what, value) pairs. The perfect-overlap bound of a batch is the larger of its fastest prefill
+    alone and its fastest decode alone (every timed part counts)."""
+    kept = table[table["kept"].astype(bool)] if "kept" in table else table
+    out = []
+    if {"ms_POD", "best_peer_ms"} <= set(table):
+        for where, t in (("kept", kept), ("all", table)):
+            both = t[["ms_POD", "best_peer_ms"]].dropna()
+            if len(both):
+                out.append((f"POD at or below the best peer, {where} batches ({len(both)})",
+                            share((both["ms_POD"] <= both["best_peer_ms"]).mean())))
+    parts = {ph: [c for c in table if c.startswith("ms_") and method_parts(c[3:]) == (ph,)] for ph in PHASES}
+    if "ms_POD" in table and all(parts.values()):
+        bound = pd.concat([kept[parts[ph]].min(axis=1, skipna=True) for ph in PHASES], axis=1).max(axis=1, skipna=False)
+        ratio = (kept["ms_POD"] / bound).dropna()
+        if len(ratio):
+            out.append((f"POD / perfect-overlap bound, kept batches: median, p90 ({len(ratio)})",
+                        f"{ratio.median():.3f}, {ratio.quantile(0.9):.3f}"))
+    if {"ms_POD", "ms_OURS_Serial"} <= set(table):
+        r = (table["ms_POD"] / table["ms_OURS_Serial"]).dropna()
+        if len(r):
+            slow = r > 1.02
+            out.append((f"POD slower than OURS_Serial by more than 2%, all batches ({len(r)})",
+                        f"{int(slow.sum())} ({share(slow.mean())}), worst {r.max():.3f}"))
+    if {"ms_OURS_prefill", "ms_FI_prefill_auto"} <= set(table):
+        r = (kept["ms_FI_prefill_auto"] / kept["ms_OURS_prefill"]).dropna()
+        if len(r):
+            out.append((f"OURS_prefill's rate over FI_prefill_auto's, kept batches: median ({len(r)})",
+                        f"{r.median():.3f}"))
+    return out
+
+
+def pod_by_prefill_share(table: pd.DataFrame, edges=(0.0, 0.2, 0.3, 0.4, 0.5, 1.0)) -> pd.DataFrame:
+    """Where POD wins and loses against the best peer, on the kept batches binned by the share of
+    FlashInfer's prefill in FI_Serial (FI_prefill_auto / FI_Serial): per bin the batches, the share
+    where POD is at or below the best peer and the median POD / best peer. Empty without the columns."""
+    need = {"ms_POD", "best_peer_ms", "ms_FI_prefill_auto", "ms_FI_Serial"}
+    if not need <= set(table):
+        return pd.DataFrame()
+    kept = table[table["kept"].astype(bool)] if "kept" in table else table
+    t = kept[list(need)].dropna()
+    bins = pd.cut(t["ms_FI_prefill_auto"] / t["ms_FI_Serial"], list(edges), include_lowest=True)
+    ratio = t["ms_POD"] / t["best_peer_ms"]
+    out = pd.DataFrame({"batches": ratio.groupby(bins, observed=False).size(),
+                        "at_or_below": (ratio <= 1.0).groupby(bins, observed=False).mean(),
+                        "median_over_best_peer": ratio.groupby(bins, observed=False).median()})
+    return out[out["batches"] > 0]
+
+
 def attention_section(name: str, tables: Path) -> list[str]:
     doc = read_doc(name)
     table = pd.read_csv(tables / f"{name}.csv")
@@ -105,15 +156,27 @@ def attention_section(name: str, tables: Path) -> list[str]:
     baseline = doc.get("baseline") or "FA_Serial"
     n_kept = int(table["kept"].astype(bool).sum()) if "kept" in table else len(table)
     lines = [f"**GPU:** {machines(table, summary)}. **Batches:** {len(table)} hybrid batches, {n_kept} kept by "
-             f"the filter. **Baseline:** `{baseline}`. Source: `results/tables/{name}_summary.csv`.", ""]
+             f"the filter. **Baseline:** `{baseline}`. Source: `{shown(tables)}/{name}_summary.csv`.", ""]
     lines += summary_table(summary, baseline)
     if name == "figure11":
         shares = pod_faster_shares(table)
         if shares:
             lines += ["", "POD faster than, on the kept batches where both were timed "
-                      f"(`ms_POD` < `ms_<method>` in `results/tables/{name}.csv`):", "",
+                      f"(`ms_POD` < `ms_<method>` in `{shown(tables)}/{name}.csv`):", "",
                       "| method | batches where POD is faster | share |", "|---|---|---|"]
             lines += [f"| {m} | {k} of {n} | {share(k / n)} |" for m, (k, n) in shares.items()]
+        targets = pod_targets(table)
+        if targets:
+            lines += ["", "POD's headline numbers (analysis.report.pod_targets):", "", "| what | value |", "|---|---|"]
+            lines += [f"| {what} | {value} |" for what, value in targets]
+        bins = pod_by_prefill_share(table)
+        if len(bins):
+            lines += ["", "POD against the best peer on the kept batches, by the share of FlashInfer's prefill in "
+                      "`FI_Serial` (analysis.report.pod_by_prefill_share):", "",
+                      "| FI prefill share | batches | POD at or below the best peer | median POD / best peer |",
+                      "|---|---|---|---|"]
+            lines += [f"| {max(b.left, 0.0):.0%}-{b.right:.0%} | {int(r.batches)} | {share(r.at_or_below)} "
+                      f"| {r.median_over_best_peer:.3f} |" for b, r in zip(bins.index, bins.itertuples())]
     return lines
 
 
@@ -121,7 +184,7 @@ def figure7_section(tables: Path) -> list[str]:
     table = pd.read_csv(tables / "figure7.csv")
     summary = pd.read_csv(tables / "figure7_summary.csv")
     lines = [f"**GPU:** {machines(table)}. **Points:** {len(table)} compute shares. "
-             "Source: `results/tables/figure7_summary.csv`.", "",
+             f"Source: `{shown(tables)}/figure7_summary.csv`.", "",
              "| variant | n | mean speedup over serial | min | max | mean time over the ideal | max time over the ideal |",
              "|---|---|---|---|---|---|---|"]
     for r in summary.itertuples(index=False):
@@ -134,10 +197,9 @@ def serving_section(root: Path) -> list[str]:
     """The end-to-end half from the serving tables under ``root`` (results/serving/tables/): figure 12's
     throughput per system, figure 15's gains, figure 4's attention shares and table 5 as rendered."""
     t = root / "tables"
-    shown = root.resolve().relative_to(ROOT) if root.resolve().is_relative_to(ROOT) else root
     out = ["## Serving (end-to-end)", "",
-           f"Source: `{shown}/tables/` (built from the engine's GPU runs and the simulator calibrated on them; "
-           f"`{shown}/MANIFEST.md` says which run came from where).", ""]
+           f"Source: `{shown(root)}/tables/` (built from the engine's GPU runs and the simulator calibrated on them; "
+           f"`{shown(root)}/MANIFEST.md` says which run came from where).", ""]
     if (t / "figure12.csv").exists():
         f12 = pd.read_csv(t / "figure12.csv")
         out += ["### figure12", "", f"**GPU:** {', '.join(sorted(set(map(str, f12['gpu'].dropna()))))}, one GPU at TP1. "
@@ -173,18 +235,25 @@ def serving_section(root: Path) -> list[str]:
     return out
 
 
+def shown(path: Path) -> str:
+    """``path`` as the reports name it: relative to the checkout when inside it."""
+    path = Path(path)
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
 def render(names: list[str], tables: Path, studies: bool = False, serving: Path | None = None) -> str:
+    tree = shown(Path(tables).parent)  # results/, or a GPU's own tree such as results/h200/
     if studies:
         out = ["# Tuning studies: results", "",
                "Generated by `python -m analysis.report --studies` (`make studies` or `make figures`) from "
-               "`results/tables/`; do not edit. The studies are `experiments/studies/<name>.yaml`; "
+               f"`{shown(tables)}/`; do not edit. The studies are `experiments/studies/<name>.yaml`; "
                "`make <name>` reruns one on a GPU, `make studies` all of them; "
-               "`results/raw/<name>/MANIFEST.md` says where and when each raw file was measured.", "", LEGEND]
+               f"`{tree}/raw/<name>/MANIFEST.md` says where and when each raw file was measured.", "", LEGEND]
     else:
         out = ["# Results of the paper targets", "",
-               "Generated by `python -m analysis.report` (`make figures`, `make all`) from `results/tables/`; "
+               f"Generated by `python -m analysis.report` (`make figures`, `make all`) from `{shown(tables)}/`; "
                "do not edit. Tuning studies: `results/STUDIES.md`. Where and when each raw file was measured: "
-               "`results/raw/<exp>/MANIFEST.md`.", "", LEGEND]
+               f"`{tree}/raw/<exp>/MANIFEST.md`.", "", LEGEND]
     order = {n: i for i, n in enumerate(PAPER_ORDER)}
     for name in sorted(names, key=lambda n: (order.get(n, len(order)), n)):
         out += [f"## {name}", ""]

@@ -114,14 +114,59 @@ def test_studies_report_has_every_study_with_tables():
 
 
 def test_manifests_are_current():
-    """Every results/raw/<exp>/MANIFEST.md is what analysis.manifest writes from the files and
-    results/raw/commands.yaml, and every raw file has a command."""
+    """Every <tree>/raw/<exp>/MANIFEST.md (results/ and each results/<gpu>/) is what
+    analysis.manifest writes from the files and the tree's raw/commands.yaml, and every raw file
+    has a command."""
     from analysis import manifest
 
     assert manifest.main(["--check"]) == 0
-    cmds = manifest.commands()
-    for folder in sorted(p for p in manifest.RAW.iterdir() if p.is_dir()):
-        for f in folder.rglob("*"):
-            if f.is_file() and f.name != manifest.MANIFEST:
-                cmd, note = manifest.command_for(folder.name, f.relative_to(folder).as_posix(), cmds.get(folder.name))
-                assert cmd, f
+    for tree in manifest.trees():
+        cmds = manifest.commands(tree)
+        for folder in sorted(p for p in (tree / "raw").iterdir() if p.is_dir()):
+            for f in folder.rglob("*"):
+                if f.is_file() and f.name != manifest.MANIFEST:
+                    cmd, note = manifest.command_for(folder.name, f.relative_to(folder).as_posix(), cmds.get(folder.name))
+                    assert cmd, f
+
+
+def test_pod_targets_on_a_synthetic_table():
+    """Each headline number from its definition: best peer, perfect-overlap bound (larger of the
+    fastest prefill alone and the fastest decode alone), >2% over OURS_Serial, prefill rate."""
+    t = pd.DataFrame({
+        "kept": [True, True, False, True],
+        "best_peer_ms": [1.0, 2.0, 1.0, 4.0],
+        "ms_POD": [1.0, 2.2, 0.9, 3.0],
+        "ms_OURS_Serial": [1.0, 2.0, 1.0, 3.5],
+        "ms_FA_prefill": [0.8, 1.0, 0.5, 2.0],
+        "ms_OURS_prefill": [0.5, 1.2, 0.5, 2.5],
+        "ms_FI_prefill_auto": [0.4, 0.9, 0.4, 2.0],
+        "ms_FA_decode": [0.6, 2.0, 0.5, 1.0],
+        "ms_OURS_decode": [0.7, 1.0, 0.5, 1.5],
+    })
+    got = dict(report.pod_targets(t))
+    assert got["POD at or below the best peer, kept batches (3)"] == "66.67%"
+    assert got["POD at or below the best peer, all batches (4)"] == "75.00%"
+    # bounds of the kept rows: max(0.4, 0.6) = 0.6, max(0.9, 1.0) = 1.0, max(2.0, 1.0) = 2.0
+    ratios = pd.Series([1.0 / 0.6, 2.2 / 1.0, 3.0 / 2.0])
+    assert got["POD / perfect-overlap bound, kept batches: median, p90 (3)"] == \
+        f"{ratios.median():.3f}, {ratios.quantile(0.9):.3f}"
+    assert got["POD slower than OURS_Serial by more than 2%, all batches (4)"] == "1 (25.00%), worst 1.100"
+    rates = pd.Series([0.4 / 0.5, 0.9 / 1.2, 2.0 / 2.5])
+    assert got["OURS_prefill's rate over FI_prefill_auto's, kept batches: median (3)"] == f"{rates.median():.3f}"
+    # without the columns, nothing is claimed
+    assert report.pod_targets(t[["kept", "ms_POD"]]) == []
+
+
+def test_pod_by_prefill_share_bins_the_kept_batches():
+    t = pd.DataFrame({
+        "kept": [True, True, True, False],
+        "ms_POD": [1.0, 1.1, 0.9, 5.0],
+        "best_peer_ms": [1.0, 1.0, 1.0, 1.0],
+        "ms_FI_prefill_auto": [0.1, 0.15, 0.45, 0.45],
+        "ms_FI_Serial": [1.0, 1.0, 1.0, 1.0],
+    })
+    bins = report.pod_by_prefill_share(t)
+    assert list(bins["batches"]) == [2, 1]  # 10% and 15% in the first bin, 45% in 40-50%; the dropped row not at all
+    assert list(bins["at_or_below"]) == [0.5, 1.0]
+    assert list(bins["median_over_best_peer"]) == [pytest.approx(1.05), pytest.approx(0.9)]
+    assert report.pod_by_prefill_share(t.drop(columns="ms_FI_Serial")).empty
