@@ -56,7 +56,8 @@ def markdown(t: pd.DataFrame, validation: pd.DataFrame | None) -> str:
         lines.append("### simulator validation against the GPU's online runs\n")
         lines.append("Checks passed per online run (limits: throughput 5%, P50s 10%, P99s 20%). `calibrated_model`: "
                      "the simulator fed the latency model fitted to the windows and profiles; `repeat:<folder>`: "
-                     "the same configuration measured again (the engine against itself); runs ending in `-graphs` "
+                     "the same configuration measured again (the engine against itself); "
+                     "`calibrated_model@<folder>`: the model against that repeat, at the repeat's load; runs ending in `-graphs` "
                      "replay their decode-only iterations as CUDA graphs.\n")
         lines.append(validation_summary(validation).to_markdown(index=False))
         lines.append("")

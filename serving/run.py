@@ -804,7 +804,9 @@ def run_validate(run, target_dir: Path, target_root: Path):
     with the calibration -> throughput within 5%, P50s within 10%, P99s within 20%; (3) with
     ``repeats_from`` (folders under the output root holding other runs of the same ids): the same
     limits between two measured runs (check ``repeat:<folder>``; the ``simulated`` column then holds
-    the repeat's value), the engine's own reproducibility, which bounds what any model can match."""
+    the repeat's value), the engine's own reproducibility, which bounds what any model can match;
+    and the model against each repeat, simulated at the repeat's own load (check
+    ``calibrated_model@<folder>``), so that every measured run of a configuration validates it."""
     from .metrics import summarize
     from .simulator import LatencyModel, ReplayLatency, load_models, simulate
     from .trace import build_workload
@@ -827,20 +829,30 @@ def run_validate(run, target_dir: Path, target_root: Path):
         exact = all(_same(rep.get(k), measured.get(k)) for k in measured if k in rep)
         rows.append({"run_id": meta["id"], "check": "replay", "metric": "all", "measured": float("nan"),
                      "simulated": float("nan"), "rel_err": 0.0 if exact else float("nan"), "limit": 0.0, "pass": exact})
-        compared = []
         key = calibration_key(meta["model"], meta["backend"], meta.get("tp", 1), meta.get("decode_graphs", False))
-        if key in cal["models"]:
-            lat = LatencyModel.from_dict(cal["models"][key])
-            compared.append(("calibrated_model", summarize(simulate(specs, meta["scheduler"], nb, bs, lat).requests)))
+        lat = LatencyModel.from_dict(cal["models"][key]) if key in cal["models"] else None
+
+        def modelled(summary: dict) -> dict:
+            """The model's metrics for a measured run: its arrivals (its QPS) and its KV blocks."""
+            run_specs = build_workload(dict(meta["workload"], qps=float(summary["qps"])))
+            return summarize(simulate(run_specs, meta["scheduler"], int(summary["num_blocks"]),
+                                      int(summary["block_size"]), lat).requests)
+
+        compared = []   # (check, measured metrics, metrics compared with them)
+        if lat is not None:
+            compared.append(("calibrated_model", measured, modelled(measured)))
         repeats = run.get("repeats_from") or []
         for folder in [repeats] if isinstance(repeats, str) else repeats:
             repeat = target_root / folder / "runs" / meta["id"] / "summary.csv"
             if repeat.exists():
-                compared.append((f"repeat:{folder}", read_exact(repeat).iloc[0].to_dict()))
-        for check, other in compared:
+                other = read_exact(repeat).iloc[0].to_dict()
+                compared.append((f"repeat:{folder}", measured, other))
+                if lat is not None:
+                    compared.append((f"calibrated_model@{folder}", other, modelled(other)))
+        for check, base, other in compared:
             for m in VALIDATION_METRICS:
                 limit = LIMITS["request_throughput"] if m == "request_throughput" else LIMITS[m.rsplit("_", 1)[1]]
-                a, b = measured[m], other[m]
+                a, b = base[m], other[m]
                 err = b / a - 1 if a else float("nan")
                 rows.append({"run_id": meta["id"], "check": check, "metric": m, "measured": a, "simulated": b,
                              "rel_err": err, "limit": limit, "pass": bool(abs(err) <= limit)})

@@ -128,6 +128,13 @@ def test_smoke_chain_resumes_and_validates(tmp_path, capsys):
     assert len(rep) == 7 and not rep.loc["request_throughput", "pass"]
     assert rep.loc["request_throughput", "rel_err"] == pytest.approx(0.5)
     assert rep.drop("request_throughput")["pass"].all() and (rep.drop("request_throughput")["rel_err"] == 0).all()
+    # the model against the repeat: measured = the repeat's own metrics, simulated at its load
+    val = pd.read_csv(out / "mini" / "validation.csv")
+    at = val.query("check == 'calibrated_model@earlier'").set_index("metric")
+    own = val.query("check == 'calibrated_model'").set_index("metric")
+    assert len(at) == 7
+    assert at.loc["request_throughput", "measured"] == pytest.approx(1.5 * own.loc["request_throughput", "measured"])
+    assert (at["simulated"] == own["simulated"]).all()   # same QPS and blocks: the same simulation
 
 
 def test_time_budget_leaves_runs_for_the_next_call(tmp_path, capsys):
