@@ -21,11 +21,14 @@ def plotted_methods(summary: pd.DataFrame) -> list[str]:
 
 
 def machine_line(table: pd.DataFrame) -> str:
-    """'GPU (N SMs), K hybrid batches' for a title; K counts the rows kept by the filter."""
+    """'GPU (N SMs), K hybrid batches' for a title, K the rows kept by the filter; 'K of M hybrid
+    batches kept' when the filter dropped some, so that a partial or filtered sweep says so."""
     gpus = ", ".join(sorted(map(str, table["gpu_name"].dropna().unique()))) or "unknown GPU"
     sms = ", ".join(str(int(s)) for s in sorted(table["sm_count"].dropna().unique()))
     sm_text = f" ({sms} SMs)" if sms else ""
-    return f"{gpus}{sm_text}, {int(table['kept'].sum())} hybrid batches"
+    kept, total = int(table["kept"].sum()), len(table)
+    batches = f"{kept} hybrid batches" if kept == total else f"{kept} of {total} hybrid batches kept"
+    return f"{gpus}{sm_text}, {batches}"
 
 
 def baseline_label(meta: dict) -> str:

@@ -58,3 +58,11 @@ def test_replot_leaves_an_unchanged_png_alone(tmp_path, capsys):
     plot(args)
     assert png.read_bytes() == data and png.stat().st_ino == inode  # not rewritten
     assert capsys.readouterr().out.splitlines()[-1] == f"unchanged (same pixels): {png}"
+
+
+def test_machine_line_says_how_many_batches_the_filter_kept():
+    from figures.common import machine_line
+
+    t = pd.DataFrame({"gpu_name": ["NVIDIA H200"] * 3, "sm_count": [132] * 3, "kept": [True, False, True]})
+    assert machine_line(t) == "NVIDIA H200 (132 SMs), 2 of 3 hybrid batches kept"
+    assert machine_line(t.assign(kept=True)) == "NVIDIA H200 (132 SMs), 3 hybrid batches"
