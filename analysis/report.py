@@ -7,7 +7,8 @@ report cannot drift from what the figures show.
 Per experiment: the GPU and SM count of its rows, the number of hybrid batches (and how many the
 filter keeps), and the per-method summary of ``<exp>_summary.csv`` (analysis.aggregate). Figure 11
 adds, from its wide table, how often POD is faster than each other fused method on the kept
-batches; figure 7 (micro-benchmark) has its own summary columns. ``--studies`` writes the same for
+batches, POD's headline numbers (``pod_targets``) and its record against the best peer by the
+share of FlashInfer's prefill (``pod_by_prefill_share``); figure 7 (micro-benchmark) has its own summary columns. ``--studies`` writes the same for
 the tuning studies (experiments/studies/), each with what it measures (its YAML's description) and
 the command that reproduces it. The file is rewritten only when its text changes.
 """
