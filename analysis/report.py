@@ -87,9 +87,14 @@ def summary_table(summary: pd.DataFrame, baseline: str) -> list[str]:
     return lines
 
 
+def kept_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows the experiment's filter keeps (all rows of a table without a ``kept`` column)."""
+    return table[table["kept"].astype(bool)] if "kept" in table else table
+
+
 def pod_faster_shares(table: pd.DataFrame) -> dict:
     """{rival: share of kept batches (with both timed) where POD's time is below the rival's}."""
-    kept = table[table["kept"].astype(bool)] if "kept" in table else table
+    kept = kept_rows(table)
     out = {}
     for rival in FIG11_RIVALS:
         a, b = f"ms_POD", f"ms_{rival}"
@@ -104,7 +109,7 @@ def pod_targets(table: pd.DataFrame) -> list[tuple[str, str]]:
     """POD's headline numbers on a figure-11 wide table, each where its columns exist:
     (what, value) pairs. The perfect-overlap bound of a batch is the larger of its fastest prefill
     alone and its fastest decode alone (every timed part counts)."""
-    kept = table[table["kept"].astype(bool)] if "kept" in table else table
+    kept = kept_rows(table)
     out = []
     if {"ms_POD", "best_peer_ms"} <= set(table):
         for where, t in (("kept", kept), ("all", table)):
@@ -140,7 +145,7 @@ def pod_by_prefill_share(table: pd.DataFrame, edges=(0.0, 0.2, 0.3, 0.4, 0.5, 1.
     need = {"ms_POD", "best_peer_ms", "ms_FI_prefill_auto", "ms_FI_Serial"}
     if not need <= set(table):
         return pd.DataFrame()
-    kept = table[table["kept"].astype(bool)] if "kept" in table else table
+    kept = kept_rows(table)
     t = kept[list(need)].dropna()
     bins = pd.cut(t["ms_FI_prefill_auto"] / t["ms_FI_Serial"], list(edges), include_lowest=True)
     ratio = t["ms_POD"] / t["best_peer_ms"]
@@ -155,7 +160,7 @@ def attention_section(name: str, tables: Path) -> list[str]:
     table = pd.read_csv(tables / f"{name}.csv")
     summary = pd.read_csv(tables / f"{name}_summary.csv")
     baseline = doc.get("baseline") or "FA_Serial"
-    n_kept = int(table["kept"].astype(bool).sum()) if "kept" in table else len(table)
+    n_kept = len(kept_rows(table))
     lines = [f"**GPU:** {machines(table, summary)}. **Batches:** {len(table)} hybrid batches, {n_kept} kept by "
              f"the filter. **Baseline:** `{baseline}`. Source: `{shown(tables)}/{name}_summary.csv`.", ""]
     lines += summary_table(summary, baseline)
