@@ -158,6 +158,8 @@ RECORDED = {
     "pod_decode_heavy": "four decode-dominated figure-11 batches picked by hand",
     "pod_prefill_heavy": "four batches of pod_close_calls where POD lost, picked by hand (not the four "
                          "slowest of its raw file)",
+    "pod_trailing_ncu": "two kept H200 figure-11 batches where FlashInfer's fa3 prefill is a large share "
+                        "of FI_Serial (results/h200/tables/figure11.csv), picked by hand",
     "pod_timeline": "three batches of pod_prefill_heavy and one more prefill-heavy batch, picked by hand",
     "pod_decode_tiles": "20 kept batches sampled across prefill shares; the first 14 are 7 per band "
                         "[0, 0.2) and [0.2, 0.3) of FlashInfer's prefill share in the table of 7d794c2 "
