@@ -153,6 +153,8 @@ RECORDED = {
     "baselines_check": "three hand-picked batches: the paper's C0 and two odd shapes, not from a table",
     "pod_check": "hand-picked odd shapes and the paper's C0/C1/C2 batches, not from a table",
     "hopper_check": "hand-picked odd shapes and a few figure-11 shapes, not from a table",
+    "hopper_prefill_rate": "prefill-only figure-11 chunks listed by rule of thumb (first chunk, and the "
+                           "chunks ending at 8K and 16K of context) for three head layouts, not from a table",
     "hopper_rate": "five hand-picked figure-11 shapes (prefill-only, decode-only and hybrid)",
     "hfuse_check": "hand-picked odd shapes and the paper's C0 and a yi-6b batch, not from a table",
     "pod_decode_heavy": "four decode-dominated figure-11 batches picked by hand",

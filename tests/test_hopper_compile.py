@@ -24,7 +24,8 @@ SMEM_PER_SM = 228 * 1024
 
 VARIANTS = ([f"prefill:{d}:{dt}" for d in (64, 128) for dt in ("float16", "bfloat16")] + ["prefill:256:bfloat16"]
             + [f"pod:{d}:{dt}" for d in (64, 128) for dt in ("float16", "bfloat16")]
-            + ["decode:64:float16", "decode:128:bfloat16", "decode:256:float16"])
+            + ["decode:64:float16", "decode:128:bfloat16", "decode:256:float16"]
+            + ["prefill:128:float16:pingpong", "prefill:256:bfloat16:pingpong", "pod:128:bfloat16:pingpong"])
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def reports():
     for line in r.stdout.splitlines():
         if line.startswith("{"):
             rep = json.loads(line)
-            out[f"{rep['mode']}:{rep['head_dim']}:{rep['dtype']}"] = rep
+            flags = ",".join(sorted(rep.get("options", {})))
+            out[f"{rep['mode']}:{rep['head_dim']}:{rep['dtype']}" + (f":{flags}" if flags else "")] = rep
     return out
 
 
@@ -95,3 +97,15 @@ def test_pod_256_is_refused_with_a_reason():
     from kernels.hopper.plan import default_tiles
     with pytest.raises(ValueError, match="head dim 256"):
         default_tiles("pod", 256)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v.endswith(":pingpong")])
+def test_pingpong_adds_the_turn_barriers(reports, variant):
+    """Ping-pong: each prefill warpgroup waits for its turn and hands it over around every wgmma
+    batch it issues (3 issue points: the first QK^T, the loop's QK^T + PV, the last PV), so the
+    PTX gains waits and arrives over the same variant without it; nothing else changes in kind."""
+    rep, base = reports[variant], reports[variant.rsplit(":", 1)[0]]
+    assert rep["options"] == {"pingpong": True} and base["options"] == {}
+    for k in ("mbarrier_wait", "mbarrier_arrive"):
+        assert rep["ptx"][k] >= base["ptx"][k] + 3 * 2, (k, rep["ptx"][k], base["ptx"][k])
+    assert rep["ptx"]["wgmma"] == base["ptx"]["wgmma"]

@@ -183,3 +183,18 @@ def test_forced_splits_match_reference():
         plan = make_plan(spec, 132, MODE_POD, HopperConfig(prefill_split=sp, decode_split=sd))
         res = check_outputs(emulate(batch, plan), ref, "float16")
         assert res.ok, (sp, sd, res.reason)
+
+
+def test_pingpong_is_a_config_knob_of_the_tiles():
+    from kernels.hopper.launch import kernel_meta
+    spec = BatchSpec(ModelShape("m", 8, 2, 128), dtype="float16", prefill_len=300, prefill_kv_len=700,
+                     decode_batch=5, decode_ctx=333)
+    off = make_plan(spec, 132, MODE_PREFILL)
+    on = make_plan(spec, 132, MODE_PREFILL, HopperConfig(pingpong=True))
+    assert not off.tiles.pingpong and on.tiles.pingpong
+    assert kernel_meta(on, 128, True, False)["PINGPONG"] and not kernel_meta(off, 128, True, False)["PINGPONG"]
+    # a decode-only launch has no prefill warpgroups to alternate
+    dec = make_plan(spec, 132, MODE_DECODE, HopperConfig(pingpong=True))
+    assert not kernel_meta(dec, 128, False, True)["PINGPONG"]
+    with pytest.raises(ValueError, match="pingpong"):
+        HopperConfig(pingpong="yes")

@@ -5,7 +5,7 @@ and POD (both pipelines in every CTA). Available only on sm_90 CUDA GPUs; elsewh
 layouts the kernel does not take, ``MethodUnavailable`` says why and the portable Triton methods
 (OURS_prefill, OURS_decode, POD; kernels/adapters/pod_triton.py) serve. Options from the YAML are
 HopperConfig fields (kernels/hopper/plan.py): prefill_split, decode_split, block_n, stages,
-decode_n, decode_stages, grid.
+decode_n, decode_stages, grid, pingpong.
 """
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ class _Hopper(Method):
         if not p:
             return {"impl": "gluon hopper", "plan": p}
         t = p["tiles"]
-        impl = (f"gluon hopper {t['mode']} bn{t['block_n']}x{t['stages']}/dn{t['decode_n']}x{t['decode_stages']} "
-                f"split {p['n_splits_p']}/{p['n_splits_d']} grid {p['grid']}")
+        impl = (f"gluon hopper {t['mode']} bn{t['block_n']}x{t['stages']}/dn{t['decode_n']}x{t['decode_stages']}"
+                f"{' pingpong' if t['pingpong'] else ''} split {p['n_splits_p']}/{p['n_splits_d']} grid {p['grid']}")
         return {"impl": impl, "plan": p}
 
 

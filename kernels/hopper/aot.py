@@ -2,7 +2,9 @@
 what matters in its PTX and SASS (tests/test_hopper_compile.py runs this in a clean process:
 TRITON_INTERPRET must not be set where Gluon compiles).
 
-    python -m kernels.hopper.aot [MODE:HEAD_DIM:DTYPE ...]    # prints one JSON line per variant
+    python -m kernels.hopper.aot [MODE:HEAD_DIM:DTYPE[:FLAG,...] ...]    # prints one JSON line per variant
+
+FLAG: a boolean HopperConfig field set true, e.g. ``prefill:128:float16:pingpong``.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ PTX_PATTERNS = {
     "setmaxnreg": r"setmaxnreg\.",
     "tma_load": r"cp\.async\.bulk\.tensor",
     "mbarrier_wait": r"mbarrier\.try_wait",
+    "mbarrier_arrive": r"mbarrier\.arrive\.",
     "ld_local": r"ld\.local",
     "st_local": r"st\.local",
 }
@@ -39,23 +42,25 @@ def _cuobjdump() -> str | None:
     return shutil.which("cuobjdump")
 
 
-def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: int = 8, kv_heads: int = 2) -> dict:
-    """Compile one variant for a small odd-shaped CPU batch; returns counts and resources."""
+def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: int = 8, kv_heads: int = 2,
+                    options: dict | None = None) -> dict:
+    """Compile one variant (``options``: HopperConfig fields) for a small odd-shaped CPU batch;
+    returns counts and resources."""
     import torch  # noqa: F401
 
     from kernels.workload import BatchSpec, HybridBatch, ModelShape
 
     from .launch import HopperLaunch, aot_compile
-    from .plan import make_plan
+    from .plan import HopperConfig, make_plan
 
     spec = BatchSpec(ModelShape(f"t{q_heads}-{kv_heads}-{head_dim}", q_heads, kv_heads, head_dim), dtype=dtype,
                      prefill_len=0 if mode == "decode" else 300, prefill_kv_len=0 if mode == "decode" else 700,
                      decode_batch=0 if mode == "prefill" else 5, decode_ctx=333)
     batch = HybridBatch.allocate(spec, device="cpu")
-    plan = make_plan(spec, 132, mode)
+    plan = make_plan(spec, 132, mode, HopperConfig(**(options or {})))
     ck = aot_compile(HopperLaunch(batch, plan))
     ptx = ck.asm["ptx"]
-    rep = {"mode": mode, "head_dim": head_dim, "dtype": dtype, "shared": ck.metadata.shared,
+    rep = {"mode": mode, "head_dim": head_dim, "dtype": dtype, "options": options or {}, "shared": ck.metadata.shared,
            "num_warps": ck.metadata.num_warps, "smem_operands": plan.tiles.smem_bytes(head_dim),
            "launch_regs": plan.tiles.launch_regs(), "ctas_per_sm": plan.tiles.ctas_per_sm,
            "ptx": {k: len(re.findall(p, ptx)) for k, p in PTX_PATTERNS.items()},
@@ -83,11 +88,13 @@ def main(argv=None) -> int:
         return 2
     specs = argv if argv else ["prefill:128:float16"]
     for s in specs:
-        mode, d, dt = s.split(":")
+        mode, d, dt, *flags = s.split(":")
+        options = {f: True for f in flags[0].split(",")} if flags else {}
         try:
-            rep = compile_variant(mode, int(d), dt)
+            rep = compile_variant(mode, int(d), dt, options=options)
         except Exception as e:  # noqa: BLE001 - reported per variant
-            rep = {"mode": mode, "head_dim": int(d), "dtype": dt, "error": f"{type(e).__name__}: {e}"[:2000]}
+            rep = {"mode": mode, "head_dim": int(d), "dtype": dt, "options": options,
+                   "error": f"{type(e).__name__}: {e}"[:2000]}
         print(json.dumps(rep), flush=True)
     return 0
 

@@ -108,17 +108,18 @@ def _prefill_producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q
 def _softmax_step(s, m_i, l_i, j, full_blocks, diag, Lk, qk_scale, COL: gl.constexpr, BN: gl.constexpr,
                   CAUSAL: gl.constexpr):
     """Online softmax (base 2) of one block of raw scores ``s``: returns (p, alpha, m_new, l_new)."""
-    s = s * qk_scale
     if j >= full_blocks:
         cols = j * BN + gl.arange(0, BN, layout=COL)
         ok = (cols < Lk)[None, :]
         if CAUSAL:
             ok = ok & (cols[None, :] <= diag[:, None])
         s = gl.where(ok, s, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, 1))
+    # the scale is positive, so the row max of raw scores scales to the max of scaled ones; the
+    # exponent s * scale - m is then one FFMA per score (FA3's form) instead of a multiply and a sub
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
     # a row may have seen no key yet: keep exp2 away from (-inf) - (-inf)
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = gl.exp2(s - m_use[:, None])
+    p = gl.exp2(s * qk_scale - m_use[:, None])
     alpha = gl.exp2(m_i - m_use)
     l_new = l_i * alpha + gl.sum(p, 1)
     return p, alpha, m_new, l_new
@@ -145,10 +146,30 @@ def _store_rows(acc, m_i, l_i, o_base, o_row_stride, po_ptr, plse_ptr, rows, par
 
 
 @gluon.jit
-def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty,
+def _turn_wait(turns, k, WG: gl.constexpr, PINGPONG: gl.constexpr):
+    """Ping-pong (FA3's warp-scheduler barrier): before issuing its k-th batch of wgmma, a prefill
+    warpgroup waits until the other one has issued its own previous batch, so the two alternate on
+    the tensor cores and one's softmax runs while the other's GEMMs do. Warpgroup 0 goes first:
+    its wait at k = 0 asks for the phase before the barrier's first, which counts as complete."""
+    if PINGPONG:
+        if WG == 0:
+            mbarrier.wait(turns.index(0), (k & 1) ^ 1)
+        else:
+            mbarrier.wait(turns.index(1), k & 1)
+
+
+@gluon.jit
+def _turn_pass(turns, WG: gl.constexpr, PINGPONG: gl.constexpr):
+    """Hand the tensor cores to the other prefill warpgroup (see _turn_wait)."""
+    if PINGPONG:
+        mbarrier.arrive(turns.index(1 - WG), count=1)
+
+
+@gluon.jit
+def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turns,
                       o_ptr, po_ptr, plse_ptr, s_ot, rank, grid, n_items, H, n_mblocks, n_splits, Lq, Lk, qk_scale,
                       WG: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-                      STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                      STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
     """One warpgroup: rows WG*64 .. WG*64+63 of every item of this CTA's prefill queue."""
     dtype: gl.constexpr = q_smem.dtype
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
@@ -161,6 +182,7 @@ def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready
     s0 = gl.zeros([WG_ROWS, BN], gl.float32, S_L)
     it = 0
     cnt = 0
+    tk = 0      # wgmma batches issued so far (the same sequence in both warpgroups)
     for t in range(rank, n_items, grid):
         h, mb, split, lo, hi = _prefill_coords(t, H, n_mblocks, n_splits, Lq, Lk, BM, BN, CAUSAL)
         row0 = mb * BM + WG * WG_ROWS
@@ -177,9 +199,11 @@ def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready
         if n > 0:
             st = it % STAGES
             mbarrier.wait(k_ready.index(st), (it // STAGES) & 1)
+            _turn_wait(turns, tk, WG, PINGPONG)
             s = warpgroup_mma(q, k_bufs.index(st).permute((1, 0)), s0, use_acc=False, is_async=True)
+            _turn_pass(turns, WG, PINGPONG)
+            tk += 1
             s = warpgroup_mma_wait(0, deps=(s,))
-            mbarrier.arrive(q_empty, count=1, pred=n == 1)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, lo, full_blocks, diag, Lk, qk_scale, COL, BN, CAUSAL)
             p16 = gl.convert_layout(p.to(dtype), P_L)
             for jj in range(1, n):
@@ -188,11 +212,13 @@ def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready
                 stp = (cur - 1) % STAGES
                 # S_{j} = Q K_j^T and O += P_{j-1} V_{j-1} in flight together
                 mbarrier.wait(k_ready.index(stn), (cur // STAGES) & 1)
+                _turn_wait(turns, tk, WG, PINGPONG)
                 s = warpgroup_mma(q, k_bufs.index(stn).permute((1, 0)), s0, use_acc=False, is_async=True)
                 mbarrier.wait(v_ready.index(stp), ((cur - 1) // STAGES) & 1)
                 acc = warpgroup_mma(p16, v_bufs.index(stp), acc, is_async=True)
+                _turn_pass(turns, WG, PINGPONG)
+                tk += 1
                 s = warpgroup_mma_wait(1, deps=(s,))
-                mbarrier.arrive(q_empty, count=1, pred=jj == n - 1)
                 # softmax of block j while PV_{j-1} runs on the tensor cores
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, lo + jj, full_blocks, diag, Lk, qk_scale,
                                                    COL, BN, CAUSAL)
@@ -201,10 +227,16 @@ def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready
                 mbarrier.arrive(kv_empty.index(stp), count=1)
                 acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
                 p16 = p16n
+            # every QK^T of the item has completed: Q's buffer may take the next item's (released
+            # here, once per item, not inside the loop: each arrive costs a warpgroup barrier)
+            mbarrier.arrive(q_empty, count=1)
             last = it + n - 1
             stl = last % STAGES
             mbarrier.wait(v_ready.index(stl), (last // STAGES) & 1)
+            _turn_wait(turns, tk, WG, PINGPONG)
             acc = warpgroup_mma(p16, v_bufs.index(stl), acc, is_async=True)
+            _turn_pass(turns, WG, PINGPONG)
+            tk += 1
             acc = warpgroup_mma_wait(0, deps=(acc,))
             mbarrier.arrive(kv_empty.index(stl), count=1)
             it += n
@@ -342,7 +374,7 @@ def pod_hopper_kernel(
     D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
     BH: gl.constexpr, BND: gl.constexpr, DSTAGES: gl.constexpr,
     HAS_P: gl.constexpr, HAS_D: gl.constexpr, CAUSAL: gl.constexpr, TRACE: gl.constexpr,
-    P_REGS: gl.constexpr, D_REGS: gl.constexpr, L_REGS: gl.constexpr,
+    P_REGS: gl.constexpr, D_REGS: gl.constexpr, L_REGS: gl.constexpr, PINGPONG: gl.constexpr,
 ):
     """Prefill and/or decode attention of a hybrid batch; grid = persistent CTAs (plan.grid)."""
     grid = gl.num_programs(0)
@@ -356,8 +388,11 @@ def pod_hopper_kernel(
         kr_p = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         vr_p = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         ke_p = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        turns_p = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         mbarrier.init(bars_p.index(0), count=1)        # Q ready (TMA transaction)
         mbarrier.init(bars_p.index(1), count=2)        # Q empty (both consumer warpgroups)
+        mbarrier.init(turns_p.index(0), count=1)       # ping-pong: warpgroup 0 may issue
+        mbarrier.init(turns_p.index(1), count=1)       # ping-pong: warpgroup 1 may issue
         for i in gl.static_range(STAGES):
             mbarrier.init(kr_p.index(i), count=1)
             mbarrier.init(vr_p.index(i), count=1)
@@ -381,12 +416,12 @@ def pod_hopper_kernel(
 
     if HAS_P and HAS_D:
         gl.warp_specialize([
-            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p,
+            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, turns_p,
                                  op_ptr, pop_ptr, plsep_ptr, s_opt, rank, grid, n_p_items, H, n_mblocks,
-                                 n_splits_p, Lq, Lk, qk_scale, 0, D, BM, BN, STAGES, CAUSAL)),
-            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p,
+                                 n_splits_p, Lq, Lk, qk_scale, 0, D, BM, BN, STAGES, CAUSAL, PINGPONG)),
+            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, turns_p,
                                  op_ptr, pop_ptr, plsep_ptr, s_opt, rank, grid, n_p_items, H, n_mblocks,
-                                 n_splits_p, Lq, Lk, qk_scale, 1, D, BM, BN, STAGES, CAUSAL)),
+                                 n_splits_p, Lq, Lk, qk_scale, 1, D, BM, BN, STAGES, CAUSAL, PINGPONG)),
             (_decode_consumer, (q_d, k_d, v_d, bars_d.index(0), bars_d.index(1), kr_d, vr_d, ke_d,
                                 od_ptr, pod_ptr, plsed_ptr, seqlens_ptr, rank, grid, n_d_items, B, H, GROUP, HKV,
                                 n_hblocks, n_splits_d, qk_scale, D, BH, BND, DSTAGES)),
@@ -399,12 +434,12 @@ def pod_hopper_kernel(
         ], [4, 4, 1, 1], [P_REGS, D_REGS, L_REGS, L_REGS])
     elif HAS_P:
         gl.warp_specialize([
-            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p,
+            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, turns_p,
                                  op_ptr, pop_ptr, plsep_ptr, s_opt, rank, grid, n_p_items, H, n_mblocks,
-                                 n_splits_p, Lq, Lk, qk_scale, 0, D, BM, BN, STAGES, CAUSAL)),
-            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p,
+                                 n_splits_p, Lq, Lk, qk_scale, 0, D, BM, BN, STAGES, CAUSAL, PINGPONG)),
+            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, turns_p,
                                  op_ptr, pop_ptr, plsep_ptr, s_opt, rank, grid, n_p_items, H, n_mblocks,
-                                 n_splits_p, Lq, Lk, qk_scale, 1, D, BM, BN, STAGES, CAUSAL)),
+                                 n_splits_p, Lq, Lk, qk_scale, 1, D, BM, BN, STAGES, CAUSAL, PINGPONG)),
             (_prefill_producer, (qp_desc, kp_desc, vp_desc, q_p, k_p, v_p, bars_p.index(0), bars_p.index(1),
                                  kr_p, vr_p, ke_p, rank, grid, n_p_items, H, GROUP, n_mblocks, n_splits_p,
                                  Lq, Lk, D, BM, BN, STAGES, CAUSAL)),

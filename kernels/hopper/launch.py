@@ -93,7 +93,7 @@ def kernel_meta(plan: HopperPlan, head_dim: int, has_p: bool, has_d: bool, trace
     meta = dict(D=head_dim, BM=BLOCK_M, BN=t.block_n, STAGES=t.stages, BH=DECODE_ROWS, BND=t.decode_n,
                 DSTAGES=t.decode_stages, HAS_P=has_p, HAS_D=has_d, CAUSAL=plan.causal, TRACE=trace,
                 P_REGS=t.consumer_regs, D_REGS=t.decode_regs, L_REGS=t.producer_regs,
-                num_warps=4, maxnreg=t.launch_regs())
+                PINGPONG=bool(t.pingpong and has_p), num_warps=4, maxnreg=t.launch_regs())
     return meta
 
 

@@ -62,6 +62,7 @@ class HopperTiles:
     decode_regs: int = 96       # per thread, decode consumer warpgroup
     producer_regs: int = 24     # per thread, the producer warps (TMA issue only)
     ctas_per_sm: int = 1
+    pingpong: bool = False      # the two prefill warpgroups take turns issuing wgmma (FA3's scheduler barrier)
 
     @property
     def has_prefill(self) -> bool:
@@ -193,6 +194,7 @@ class HopperConfig:
     decode_n: int | None = None
     decode_stages: int | None = None
     grid: int | None = None          # persistent CTAs (default: SMs x ctas_per_sm)
+    pingpong: bool | None = None     # prefill warpgroups alternate on the tensor cores (default: the tiles')
 
     def __post_init__(self):
         for name in ("prefill_split", "decode_split"):
@@ -201,13 +203,16 @@ class HopperConfig:
                 raise ValueError(f"{name} must be 'auto' or a positive int, got {v!r}")
         if self.grid is not None and self.grid < 1:
             raise ValueError("grid must be >= 1")
+        if self.pingpong not in (None, True, False):
+            raise ValueError(f"pingpong must be true or false, got {self.pingpong!r}")
 
 
 def resolve_tiles(mode: str, head_dim: int, config: HopperConfig | None = None) -> HopperTiles:
     cfg = config or HopperConfig()
     t = default_tiles(mode, head_dim)
     t = replace(t, block_n=cfg.block_n or t.block_n, stages=cfg.stages or t.stages,
-                decode_n=cfg.decode_n or t.decode_n, decode_stages=cfg.decode_stages or t.decode_stages)
+                decode_n=cfg.decode_n or t.decode_n, decode_stages=cfg.decode_stages or t.decode_stages,
+                pingpong=t.pingpong if cfg.pingpong is None else cfg.pingpong)
     t.validate(head_dim)
     return t
 
