@@ -25,7 +25,7 @@ GPU_TREES := $(patsubst %/raw/,%,$(wildcard results/*/raw/))
 
 figures:  ## no GPU: rebuild every table, figure and report from results/raw/ and results/<gpu>/raw/ (files change only if their content does)
 	$(SNAKEMAKE) all studies --forceall --config use_shipped_results=true
-	for tree in $(GPU_TREES); do $(SNAKEMAKE) all --forceall --config use_shipped_results=true shipped_results_dir=$$tree || exit 1; done
+	for tree in $(GPU_TREES); do $(SNAKEMAKE) all studies --forceall --config use_shipped_results=true shipped_results_dir=$$tree || exit 1; done
 
 smoke:  ## no GPU: the whole workflow on every paper target's and study's smoke section, into results-smoke/
 	$(SNAKEMAKE) all studies --config smoke=true
