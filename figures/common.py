@@ -15,8 +15,12 @@ BASELINE_LABELS = {"FA_Serial": "FlashAttention-2 serial"}
 
 
 def plotted_methods(summary: pd.DataFrame) -> list[str]:
-    """Methods to compare against the baseline (not the baseline, not serial parts), with kept rows."""
-    rows = summary[(summary["role"] == "method") & (summary["n"] > 0)]
+    """Methods to compare against the baseline (not the baseline, not serial parts), with kept rows;
+    the parts themselves where the experiment has nothing else (e.g. batches of a prefill alone)."""
+    timed = summary[summary["n"] > 0]
+    rows = timed[timed["role"] == "method"]
+    if rows.empty:
+        rows = timed[timed["role"] == "part"]
     return plot_order(rows["method"])
 
 

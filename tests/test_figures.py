@@ -66,3 +66,13 @@ def test_machine_line_says_how_many_batches_the_filter_kept():
     t = pd.DataFrame({"gpu_name": ["NVIDIA H200"] * 3, "sm_count": [132] * 3, "kept": [True, False, True]})
     assert machine_line(t) == "NVIDIA H200 (132 SMs), 2 of 3 hybrid batches kept"
     assert machine_line(t.assign(kept=True)) == "NVIDIA H200 (132 SMs), 3 hybrid batches"
+
+
+def test_plotted_methods_fall_back_to_the_parts_when_nothing_else_was_timed():
+    """A study of prefills alone (every method a part) plots its parts, not an empty axis."""
+    from figures.common import plotted_methods
+    parts = pd.DataFrame({"method": ["OURS_prefill", "FI_prefill_auto", "OURS_prefill_hopper", "X"],
+                          "role": ["baseline", "part", "part", "part"], "n": [27, 27, 27, 0]})
+    assert sorted(plotted_methods(parts)) == ["FI_prefill_auto", "OURS_prefill_hopper"]
+    mixed = pd.concat([parts, pd.DataFrame({"method": ["POD"], "role": ["method"], "n": [27]})])
+    assert plotted_methods(mixed) == ["POD"]
