@@ -8,7 +8,8 @@ warps that only compute:
     S = Q K^T and O += P V with asynchronous wgmma (Q, K, V from shared memory, P from registers);
     in steady state the QK^T of key block j+1 and the PV of block j are in flight together while
     the softmax of block j+1 runs (``warpgroup_mma_wait(1)``), so the softmax overlaps the tensor
-    cores. Registers are redistributed with setmaxnreg (consumers up, producer down).
+    cores. Registers are redistributed with setmaxnreg (consumers up, producer down). With
+    PINGPONG the two warpgroups also take turns issuing their wgmma (``_turn_wait``/``_turn_pass``).
   * decode (memory-bound): 1 consumer warpgroup, the GQA group's query heads as 16 rows of
     mma.sync tiles over a K/V ring that its producer warp keeps DSTAGES deep in TMA copies, so
     each SM keeps HBM reads in flight while its prefill warpgroups keep the tensor cores busy.

@@ -62,7 +62,9 @@ class HopperTiles:
     decode_regs: int = 96       # per thread, decode consumer warpgroup
     producer_regs: int = 24     # per thread, the producer warps (TMA issue only)
     ctas_per_sm: int = 1
-    pingpong: bool = False      # the two prefill warpgroups take turns issuing wgmma (FA3's scheduler barrier)
+    # the two prefill warpgroups take turns issuing wgmma (FA3's scheduler barrier); off: on the H200
+    # it changed the prefill's rate by < 1% (study hopper_prefill_rate), each turn costing warpgroup barriers
+    pingpong: bool = False
 
     @property
     def has_prefill(self) -> bool:
