@@ -2,7 +2,8 @@
 (through experiments/grid.py), aggregation and plotting (analysis/meta.py) and the workflow
 (``section``, for workflow/rules/common.smk).
 
-It loads a YAML, validates it against experiments/schema/experiment.schema.yaml, applies its
+It loads a YAML, resolves ``extends:`` (another experiment's YAML as the base, overridden key by
+key as smoke overrides are), validates it against experiments/schema/experiment.schema.yaml, applies its
 ``smoke:`` overrides (``grid``, ``timing`` and ``filter`` merged field by field, every other key
 replaced) and fills in the defaults, returning plain data. PyYAML and jsonschema only, no torch:
 analysis and plotting run on machines without it.
@@ -98,6 +99,45 @@ def merge_smoke(doc: dict) -> dict:
     return out
 
 
+def base_path(name: str, where) -> Path:
+    """The YAML an ``extends: name`` refers to: a paper target (experiments/<name>.yaml) or a
+    study (experiments/studies/<name>.yaml)."""
+    for candidate in (HERE / f"{name}.yaml", HERE / "studies" / f"{name}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise ExperimentError(f"{where}: extends: no experiment {name!r} (looked for experiments/{name}.yaml and "
+                          f"experiments/studies/{name}.yaml)")
+
+
+def resolve_extends(doc, path, seen=()) -> object:
+    """``doc`` with its ``extends:`` base folded in: the base's keys, then ``doc``'s (grid, timing and
+    filter merged field by field, the smoke sections merged the same way); the name and description
+    are ``doc``'s own. Bases may extend further; a cycle is an error."""
+    if not isinstance(doc, dict) or "extends" not in doc:
+        return doc
+    name = doc["extends"]
+    if not isinstance(name, str):
+        raise ExperimentError(f"{path}: extends: must be the name of another experiment, got {name!r}")
+    base_file = base_path(name, path)
+    if base_file.resolve() in seen or base_file.resolve() == Path(path).resolve():
+        raise ExperimentError(f"{path}: extends: {name!r} extends back to this file (a cycle)")
+    base = resolve_extends(load_yaml(base_file), base_file, (*seen, Path(path).resolve()))
+    if not isinstance(base, dict):
+        raise ExperimentError(f"{base_file}: top level must be a mapping (the base of {path})")
+    out = {k: copy.deepcopy(v) for k, v in base.items() if k not in ("name", "description")}
+    for k, v in doc.items():
+        if k == "extends":
+            continue
+        if k in MERGED_KEYS and isinstance(out.get(k), dict) and isinstance(v, dict):
+            out[k] = {**out[k], **v}
+        elif k == "smoke" and isinstance(out.get(k), dict) and isinstance(v, dict):
+            out[k] = {**out[k], **{sk: ({**out[k][sk], **sv} if sk in MERGED_KEYS and isinstance(out[k].get(sk), dict)
+                                        and isinstance(sv, dict) else sv) for sk, sv in v.items()}}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
 def read_document(path, smoke: bool = False, strict: bool = True) -> dict:
     """The experiment document of ``path`` as plain data, with its smoke overrides when ``smoke``.
 
@@ -106,7 +146,7 @@ def read_document(path, smoke: bool = False, strict: bool = True) -> dict:
     analysis and plotting need): only the YAML is parsed, the overrides are applied if any, and
     a missing field is left to ``meta``'s defaults."""
     path = str(path)
-    doc = load_yaml(path)
+    doc = resolve_extends(load_yaml(path), path)
     if not strict:
         doc = doc or {}
         return merge_smoke(doc) if smoke else {k: v for k, v in doc.items() if k != "smoke"}
@@ -163,6 +203,6 @@ def meta(path, smoke: bool = False) -> dict:
     }
 
 
-__all__ = ["ExperimentError", "read_document", "merge_smoke", "validate", "section", "meta", "load_yaml",
+__all__ = ["ExperimentError", "read_document", "resolve_extends", "merge_smoke", "validate", "section", "meta", "load_yaml",
            "model_catalogue", "grid_with_defaults", "TIMING_DEFAULTS", "GRID_DEFAULTS", "MEMORY_FILL_DEFAULTS",
            "MERGED_KEYS"]

@@ -305,3 +305,38 @@ def test_two_chunk_sizes_reaching_one_batch_time_it_once(tmp_path):
     p = write(tmp_path, CHECKED.replace("chunk_size: [16], context_len: [32]", "chunk_size: [16, 32], context_len: [48]"))
     keys = [r.row_key for r in G.expand(G.load_experiment(p))]
     assert len(keys) == len(set(keys)) == 4   # 16@16, 16@32, 16@48 (also 32-chunk's tail), 32@32
+
+
+def test_extends_overrides_a_base_key_by_key(tmp_path):
+    """A study that extends figure 11 keeps its grid and timing, with its own memory and methods."""
+    exp = load("experiments/studies/figure11_h100_batches.yaml")
+    base = load(FIG11)
+    assert exp.name == "figure11_h100_batches" and exp.timing == base.timing
+    assert exp.grid["chunk_size"] == base.grid["chunk_size"]
+    assert exp.grid["decode_batch"]["memory_fill"]["gpu_memory_gb"] == 85.0
+    assert "HFuse" not in [m.label for m in exp.methods] and "POD" in [m.label for m in exp.methods]
+    # the pinned 85.0e9 B are what figure 11 gives at --gpu-memory-gb 85, whatever GPU is present
+    assert [r.row_key for r in G.expand(exp, sm_count=132)] == [r.row_key for r in G.expand(base, 85e9, 132)]
+    # a smoke run of the child takes the base's smoke overrides
+    assert G.load_experiment("experiments/studies/figure11_h100_batches.yaml", smoke=True,
+                             check_methods=False).models == G.load_experiment(FIG11, smoke=True,
+                                                                              check_methods=False).models
+
+
+def test_extends_errors_name_the_field(tmp_path):
+    child = write(tmp_path, "name: c\nextends: no_such_experiment\n")
+    with pytest.raises(G.ExperimentError, match=r"c\.yaml: extends: no experiment 'no_such_experiment'"):
+        load(child)
+    # a typo in the child is caught on the merged document, named by the child's path
+    child = write(tmp_path, "name: c\nextends: figure11\ncolour: red\n")
+    with pytest.raises(G.ExperimentError, match=r"c\.yaml: .*colour"):
+        load(child)
+
+
+def test_extends_cycle_is_an_error(tmp_path, monkeypatch):
+    from experiments import spec
+    monkeypatch.setattr(spec, "HERE", tmp_path)
+    write(tmp_path, "name: a\nextends: b\n")
+    write(tmp_path, "name: b\nextends: a\n")
+    with pytest.raises(G.ExperimentError, match="cycle"):
+        load(str(tmp_path / "a.yaml"))
