@@ -23,9 +23,10 @@ $(PAPER_TARGETS) $(STUDIES):  ## one experiment on this machine's GPU, e.g. `mak
 # tables/, figures/, REPORT.md), beside results/ (the H100's targets, the studies, serving).
 GPU_TREES := $(patsubst %/raw/,%,$(wildcard results/*/raw/))
 
-figures:  ## no GPU: rebuild every table, figure and report from results/raw/ and results/<gpu>/raw/ (files change only if their content does)
+figures:  ## no GPU: rebuild every table, figure and report from results/raw/ and results/<gpu>/raw/, and results/CLAIMS.md (files change only if their content does)
 	$(SNAKEMAKE) all studies --forceall --config use_shipped_results=true
 	for tree in $(GPU_TREES); do $(SNAKEMAKE) all studies --forceall --config use_shipped_results=true shipped_results_dir=$$tree || exit 1; done
+	$(PYTHON) -m analysis.claims --root results --out results/CLAIMS.md --csv results/CLAIMS.csv
 
 smoke:  ## no GPU: the whole workflow on every paper target's and study's smoke section, into results-smoke/
 	$(SNAKEMAKE) all studies --config smoke=true
