@@ -9,6 +9,7 @@ import math
 from kernels.common.splitkv import flash_split_heuristic
 from kernels.pod.plan import (BINDINGS, DEFAULT_MACHINE_BALANCE, PREFILL_DOMINANCE, PodConfig, choose_ctas_per_sm,
                               default_tiles, make_plan, policy_ratio)
+from kernels.pod.plan import MODE_DECODE
 from kernels.registry import create
 from kernels.workload import BatchSpec, HybridBatch, ModelShape
 
@@ -195,6 +196,21 @@ def test_decode_stages_knob():
     assert pod.info()["impl"].endswith(" ds3")
     with pytest.raises(ValueError, match="decode_stages"):
         PodConfig(decode_stages=0)
+
+
+def test_longer_decode_blocks_keep_the_default_ring():
+    """Figure 10's 128-key decode blocks at the decode tiles' default depth would need 272 KB of
+    shared memory (over Hopper's 227 KB, an OutOfResources on the H200): the ring keeps its keys."""
+    spec = BatchSpec(ModelShape("t", 32, 8, 128), decode_batch=8, decode_ctx=4096)
+    base = make_plan(spec, MODE_DECODE, 132, PodConfig(decode_split=1)).tiles
+    wide = make_plan(spec, MODE_DECODE, 132, PodConfig(decode_q_tile=64, decode_n=128, decode_split=1)).tiles
+    assert wide.decode_n == 2 * base.decode_n
+    assert wide.decode_stages * wide.decode_n == (base.decode_stages or base.num_stages) * base.decode_n
+    assert wide.num_stages == wide.decode_stages
+    pinned = make_plan(spec, MODE_DECODE, 132, PodConfig(decode_n=128, decode_stages=3, decode_split=1)).tiles
+    assert pinned.decode_stages == 3                     # a given depth is kept
+    narrow = make_plan(spec, MODE_DECODE, 132, PodConfig(decode_n=32, decode_split=1)).tiles
+    assert (narrow.num_stages, narrow.decode_stages) == (base.num_stages, base.decode_stages)
 
 
 def _ops_in_launch_order(batch, cfg, table=None):

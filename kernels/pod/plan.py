@@ -356,9 +356,19 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
         # the KV group's query heads in one tile when they fit: KV is read once per group
         decode_rows = max(16, min(_pow2_at_least(m.group_size), 64))
     virtual = t.virtual if cfg.virtual_decode_ctas == "auto" else cfg.virtual_decode_ctas
+    num_stages, decode_stages = cfg.num_stages or t.num_stages, cfg.decode_stages or t.decode_stages
+    if cfg.decode_n and cfg.decode_n > t.decode_n:
+        # a longer key block at the default depth outgrows the shared memory the default K/V ring
+        # is sized for (figure 10's 128-key blocks 4 deep: 272 KB, over Hopper's 227 KB): keep the
+        # ring's keys, unless the depth is given
+        ring = (t.decode_stages or t.num_stages) * t.decode_n
+        if cfg.decode_stages is None:
+            decode_stages = max(1, ring // cfg.decode_n)
+        if kind == "decode" and cfg.num_stages is None:
+            num_stages = max(1, ring // cfg.decode_n)
     t = Tiles(cfg.block_m or t.block_m, cfg.block_n or t.block_n, decode_rows, cfg.decode_n or t.decode_n,
-              virtual, cfg.num_warps or t.num_warps, cfg.num_stages or t.num_stages,
-              t.maxnreg if cfg.maxnreg is None else cfg.maxnreg, cfg.decode_stages or t.decode_stages)
+              virtual, cfg.num_warps or t.num_warps, num_stages,
+              t.maxnreg if cfg.maxnreg is None else cfg.maxnreg, decode_stages)
     notes = {}
     plan = dict(mode=mode, tiles=t, ctas_per_sm=cps, num_sms=num_sms, prefill_tma=cfg.prefill_loads == "tma",
                 binding=BINDINGS.index(cfg.binding))
