@@ -216,7 +216,7 @@ def _grid_specs(exp: Experiment, gpu_memory_bytes, sm_count):
     fill = g["decode_batch"].get("memory_fill") if isinstance(g["decode_batch"], dict) else None
     sm_fill = g["decode_batch"].get("sm_fill") if isinstance(g["decode_batch"], dict) else None
     if sm_fill is not None:
-        sm_count = sm_fill.get("sm_count") or sm_count or device_sm_count()
+        sm_count = sm_count or sm_fill.get("sm_count") or device_sm_count()   # as memory: argument, pin, device
         if sm_count is None:
             raise ExperimentError(f"{exp.path}: grid.decode_batch.sm_fill needs the SM count: no CUDA device "
                                   f"here; set grid.decode_batch.sm_fill.sm_count (e.g. 132 for an H100 SXM)")
@@ -281,6 +281,31 @@ def _config_specs(exp: Experiment):
                 except ValueError as e:
                     raise ExperimentError(f"{where}: {e}") from None
                 yield ci, spec
+
+
+def pinned_resources(exp: Experiment) -> set:
+    """Which of "memory" and "sm_count" the experiment's grid pins itself (memory_fill.gpu_memory_gb,
+    sm_fill.sm_count): a runner must not fill those from its device, or the pin is lost."""
+    db = (exp.grid or {}).get("decode_batch")
+    if not isinstance(db, dict):
+        return set()
+    pins = set()
+    if (db.get("memory_fill") or {}).get("gpu_memory_gb") is not None:
+        pins.add("memory")
+    if (db.get("sm_fill") or {}).get("sm_count") is not None:
+        pins.add("sm_count")
+    return pins
+
+
+def device_sizes(exp: Experiment, device) -> tuple:
+    """(memory in bytes, SM count) of the CUDA ``device`` for ``expand``, each None where the
+    experiment pins its own (``pinned_resources``), so that the pin sizes the batches."""
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    pins = pinned_resources(exp)
+    return (None if "memory" in pins else float(props.total_memory),
+            None if "sm_count" in pins else int(props.multi_processor_count))
 
 
 def expand(exp: Experiment, gpu_memory_bytes: float | None = None, sm_count: int | None = None) -> list:

@@ -110,8 +110,7 @@ def child(experiment: str, row_key: str, label: str, result_path: str) -> int:
 
     dev = torch.device("cuda")
     exp = G.load_experiment(experiment)
-    rows = G.expand(exp, float(torch.cuda.get_device_properties(dev).total_memory),
-                    torch.cuda.get_device_properties(dev).multi_processor_count)
+    rows = G.expand(exp, *G.device_sizes(exp, dev))
     row = next(r for r in rows if r.row_key == row_key)
     ms = next(m for m in exp.methods if m.label == label)
     try:
@@ -167,8 +166,7 @@ def profile_experiment(experiment: str, out: str, methods=None, ncu: str | None 
     if methods:
         labels = [lab for lab in labels if lab in set(methods)]
     dev = torch.device("cuda")
-    props = torch.cuda.get_device_properties(dev)
-    rows = G.expand(exp, float(props.total_memory), props.multi_processor_count)
+    rows = G.expand(exp, *G.device_sizes(exp, dev))
     prov = provenance(dev)
 
     ncu_path = ncu_binary(ncu)

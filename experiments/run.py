@@ -118,10 +118,10 @@ def _run_rows(experiment, out, shard, smoke, device, max_rows, methods, gpu_memo
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise G.ExperimentError(f"--device {device}: no CUDA device here (use --device cpu)")
     exp = G.load_experiment(experiment, smoke=smoke)
-    if gpu_memory_bytes is None and dev.type == "cuda":
-        gpu_memory_bytes = float(torch.cuda.get_device_properties(dev).total_memory)
-    if sm_count is None and dev.type == "cuda":
-        sm_count = torch.cuda.get_device_properties(dev).multi_processor_count
+    if dev.type == "cuda":
+        # the device sizes the batches unless the experiment pins a size; an argument overrides both
+        mem, sms = G.device_sizes(exp, dev)
+        gpu_memory_bytes, sm_count = gpu_memory_bytes or mem, sm_count or sms
     rows = G.shard(G.expand(exp, gpu_memory_bytes, sm_count), *shard)
     if max_rows is not None:
         rows = rows[:max_rows]
@@ -252,7 +252,8 @@ def main(argv=None) -> int:
         shard = G.parse_shard(args.shard)
         if gpu_mem is None and device.startswith("cuda"):
             import torch
-            gpu_mem = float(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+            gpu_mem = G.device_sizes(G.load_experiment(args.experiment, smoke=args.smoke, check_methods=False),
+                                     torch.device(device))[0]
         print(list_experiment(args.experiment, shard[1], args.smoke, gpu_mem, args.sm_count))
     except G.ExperimentError as e:  # bad input
         print(f"error: {e}", file=sys.stderr)

@@ -63,11 +63,7 @@ def timeline_experiment(experiment: str, out: str, methods=None, smoke: bool = F
     if methods:
         labels = [lab for lab in labels if lab in set(methods)]
     dev = torch.device(device)
-    mem = sms = None
-    if dev.type == "cuda":
-        props = torch.cuda.get_device_properties(dev)
-        mem, sms = float(props.total_memory), props.multi_processor_count
-    rows = G.expand(exp, mem, sms)
+    rows = G.expand(exp, *(G.device_sizes(exp, dev) if dev.type == "cuda" else (None, None)))
     insts = create_methods(exp, labels, dev)
     for lab in labels:
         inst = insts[lab][1]

@@ -220,6 +220,8 @@ def test_sm_fill_batches_follow_the_sm_count(tmp_path, monkeypatch):
         G.expand(exp)
     pinned = write(tmp_path, open(p).read().replace("extra: [0, 1]}", "extra: [0], sm_count: 80}"))
     assert {r.spec.decode_batch for r in G.expand(load(pinned))} == {40}
+    assert {r.spec.decode_batch for r in G.expand(load(pinned), sm_count=132)} == {66}   # an argument wins
+    assert G.pinned_resources(load(pinned)) == {"sm_count"} and G.pinned_resources(exp) == set()
     bad = write(tmp_path, open(p).read().replace("ctas_per_sm: 2", "ctas_per_sm: 0"))
     with pytest.raises(G.ExperimentError, match="sm_fill.ctas_per_sm"):
         load(bad)
@@ -316,6 +318,8 @@ def test_extends_overrides_a_base_key_by_key(tmp_path):
     assert exp.grid["decode_batch"]["memory_fill"]["gpu_memory_gb"] == 85.0
     assert "HFuse" not in [m.label for m in exp.methods] and "POD" in [m.label for m in exp.methods]
     # the pinned 85.0e9 B are what figure 11 gives at --gpu-memory-gb 85, whatever GPU is present
+    # (the runner leaves a pinned size alone: filled from the device, the H200 ran its own batches)
+    assert G.pinned_resources(exp) == {"memory"} and G.pinned_resources(base) == set()
     assert [r.row_key for r in G.expand(exp, sm_count=132)] == [r.row_key for r in G.expand(base, 85e9, 132)]
     # a smoke run of the child takes the base's smoke overrides
     assert G.load_experiment("experiments/studies/figure11_h100_batches.yaml", smoke=True,
@@ -340,3 +344,18 @@ def test_extends_cycle_is_an_error(tmp_path, monkeypatch):
     write(tmp_path, "name: b\nextends: a\n")
     with pytest.raises(G.ExperimentError, match="cycle"):
         load(str(tmp_path / "a.yaml"))
+
+
+def test_device_sizes_leave_a_pin_alone(monkeypatch):
+    """Every runner sizes batches with device_sizes: the device's memory and SM count, except what
+    the experiment pins (on the H200, figure11_h100_batches ran the H200's own batches before this)."""
+    import types
+
+    import torch
+    props = types.SimpleNamespace(total_memory=150e9, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    pinned = load("experiments/studies/figure11_h100_batches.yaml")
+    assert G.device_sizes(pinned, "cuda") == (None, 132)
+    assert G.device_sizes(load(FIG11), "cuda") == (150e9, 132)
+    keys = {r.row_key for r in G.expand(pinned, *G.device_sizes(pinned, "cuda"))}
+    assert keys == {r.row_key for r in G.expand(load(FIG11), 85e9, 132)}
