@@ -28,12 +28,14 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
                 c, b, src = utilization(one, m)
                 cs.append(float(c.iloc[0]))
                 ms.append(float(b.iloc[0]))
-                sources.append(src)
+                if pd.notna(cs[-1]):        # a failed tile has no numbers, whatever their source
+                    sources.append(src)
             label = f"batch {int(row['decode_batch'])}"
             line, = comp.plot(tiles, cs, "o-", label=label)
             mem.plot(tiles, ms, "o-", label=label)
             tensor = [row.get(f"{TENSOR_PIPE}_{m}") for m in methods]
-            if all(v is not None and pd.notna(v) for v in tensor):
+            tensor = [float("nan") if v is None else v for v in tensor]
+            if any(pd.notna(v) for v in tensor):   # a failed tile leaves a gap in the line
                 comp.plot(tiles, tensor, "x--", color=line.get_color(), label=f"{label}: tensor pipe (ncu)")
         for ax, what in ((comp, "compute"), (mem, "memory bandwidth")):
             ax.set_xscale("log", base=2)

@@ -25,5 +25,5 @@ SOURCE_TEXT = {
 
 
 def source_note(sources) -> str:
-    """One line saying where the utilization numbers of a figure come from."""
-    return "; ".join(SOURCE_TEXT[s] for s in sorted(set(sources)))
+    """Where the utilization numbers of a figure come from, a line per source."""
+    return "\n".join(SOURCE_TEXT[s] for s in sorted(set(sources)))
