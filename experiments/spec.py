@@ -88,15 +88,21 @@ def validate(doc, where, schema=None) -> None:
 
 # ----------------------------------------------------------------------------- reading
 
-def merge_smoke(doc: dict) -> dict:
-    """``doc`` with its ``smoke:`` overrides applied (and the smoke section itself dropped)."""
-    out = {k: v for k, v in doc.items() if k != "smoke"}
-    for k, v in (doc.get("smoke") or {}).items():
-        if k in MERGED_KEYS and isinstance(out.get(k), dict):
+def overlay(base: dict, over: dict) -> dict:
+    """``base`` with the keys of ``over`` applied: ``grid``, ``timing`` and ``filter`` merged field
+    by field, every other key replaced (how smoke overrides and ``extends:`` apply)."""
+    out = dict(base)
+    for k, v in over.items():
+        if k in MERGED_KEYS and isinstance(out.get(k), dict) and isinstance(v, dict):
             out[k] = {**out[k], **v}
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def merge_smoke(doc: dict) -> dict:
+    """``doc`` with its ``smoke:`` overrides applied (and the smoke section itself dropped)."""
+    return overlay({k: v for k, v in doc.items() if k != "smoke"}, doc.get("smoke") or {})
 
 
 def base_path(name: str, where) -> Path:
@@ -124,17 +130,10 @@ def resolve_extends(doc, path, seen=()) -> object:
     base = resolve_extends(load_yaml(base_file), base_file, (*seen, Path(path).resolve()))
     if not isinstance(base, dict):
         raise ExperimentError(f"{base_file}: top level must be a mapping (the base of {path})")
-    out = {k: copy.deepcopy(v) for k, v in base.items() if k not in ("name", "description")}
-    for k, v in doc.items():
-        if k == "extends":
-            continue
-        if k in MERGED_KEYS and isinstance(out.get(k), dict) and isinstance(v, dict):
-            out[k] = {**out[k], **v}
-        elif k == "smoke" and isinstance(out.get(k), dict) and isinstance(v, dict):
-            out[k] = {**out[k], **{sk: ({**out[k][sk], **sv} if sk in MERGED_KEYS and isinstance(out[k].get(sk), dict)
-                                        and isinstance(sv, dict) else sv) for sk, sv in v.items()}}
-        else:
-            out[k] = copy.deepcopy(v)
+    out = overlay({k: copy.deepcopy(v) for k, v in base.items() if k not in ("name", "description")},
+                  {k: v for k, v in doc.items() if k != "extends"})
+    if isinstance(base.get("smoke"), dict) and isinstance(doc.get("smoke"), dict):
+        out["smoke"] = overlay(copy.deepcopy(base["smoke"]), doc["smoke"])
     return out
 
 
@@ -203,6 +202,6 @@ def meta(path, smoke: bool = False) -> dict:
     }
 
 
-__all__ = ["ExperimentError", "read_document", "resolve_extends", "merge_smoke", "validate", "section", "meta", "load_yaml",
-           "model_catalogue", "grid_with_defaults", "TIMING_DEFAULTS", "GRID_DEFAULTS", "MEMORY_FILL_DEFAULTS",
+__all__ = ["ExperimentError", "read_document", "resolve_extends", "overlay", "merge_smoke", "validate", "section",
+           "meta", "load_yaml", "model_catalogue", "grid_with_defaults", "TIMING_DEFAULTS", "GRID_DEFAULTS", "MEMORY_FILL_DEFAULTS",
            "MERGED_KEYS"]

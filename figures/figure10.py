@@ -33,8 +33,7 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
             label = f"batch {int(row['decode_batch'])}"
             line, = comp.plot(tiles, cs, "o-", label=label)
             mem.plot(tiles, ms, "o-", label=label)
-            tensor = [row.get(f"{TENSOR_PIPE}_{m}") for m in methods]
-            tensor = [float("nan") if v is None else v for v in tensor]
+            tensor = [row.get(f"{TENSOR_PIPE}_{m}", float("nan")) for m in methods]
             if any(pd.notna(v) for v in tensor):   # a failed tile leaves a gap in the line
                 comp.plot(tiles, tensor, "x--", color=line.get_color(), label=f"{label}: tensor pipe (ncu)")
         for ax, what in ((comp, "compute"), (mem, "memory bandwidth")):
