@@ -32,6 +32,9 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
         ax.set_title(f"{first['model']}, prefill {int(first['prefill_len'])} tokens per chunk, "
                      f"{int(first['decode_batch'])} decodes x {int(first['decode_ctx'])}\n{machine_line(table)}",
                      fontsize=FONT_SIZE)
-        ax.legend(fontsize=FONT_SIZE - 2, loc="lower right")
+        # a band above the tallest bar for the legend, which otherwise covers the last chunk's bars
+        top = np.nanmax([t[f"ms_{col}"].max() for col, _, _ in series])
+        ax.set_ylim(0, top * 1.3)
+        ax.legend(fontsize=FONT_SIZE - 2, loc="upper center", ncol=len(series))
         ax.grid(axis="y", alpha=0.3)
     return fig
