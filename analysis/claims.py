@@ -20,8 +20,8 @@ from typing import Callable
 import pandas as pd
 
 from analysis.atomic import write_text_if_changed
-from analysis.report import kept_rows, shown
-from kernels.catalogue import PHASES, method_parts
+from analysis.report import kept_rows, perfect_overlap_bound, shown
+from kernels.catalogue import method_parts
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,6 @@ def gpu_of(tables: Path) -> str | None:
         if {"gpu_name", "sm_count"} <= set(head) and len(head):
             return f"{head['gpu_name'].iloc[0]} ({int(head['sm_count'].iloc[0])} SMs)"
     return None
-
-
-def perfect_overlap_bound(t: pd.DataFrame) -> pd.Series:
-    """Per batch, the larger of its fastest prefill alone and its fastest decode alone."""
-    parts = {ph: [c for c in t if c.startswith("ms_") and method_parts(c[3:]) == (ph,)] for ph in PHASES}
-    return pd.concat([t[parts[ph]].min(axis=1, skipna=True) for ph in PHASES], axis=1).max(axis=1, skipna=False)
 
 
 # ----------------------------------------------------------------------------- figure 1
