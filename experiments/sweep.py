@@ -174,6 +174,9 @@ def time_methods(checked: dict, device, timing: dict, interleave: bool) -> None:
     def ok(res, t):
         res.update(status="ok", median_ms=t.median_ms, min_ms=t.min_ms, max_ms=t.max_ms, iqr_ms=t.iqr_ms,
                    repeats=t.repeats, calls=t.calls)
+        if t.drained:
+            res["reason"] = (f"queue_ahead: {t.drained} of {t.repeats} samples timed with the host behind "
+                             f"the GPU (its launch time inside the span)")
 
     if interleave and len(checked) > 1:
         try:
