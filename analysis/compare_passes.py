@@ -43,6 +43,7 @@ def compare(first: pd.DataFrame, second: pd.DataFrame, num: str, den: str, above
         moved = (b[m] / a[m] - 1).dropna()
         out[f"{m}_moved_over_{noise:g}"] = float((moved.abs() > noise).mean())
         out[f"{m}_second_over_first_p5"] = float(1 + moved.quantile(0.05))
+        out[f"{m}_second_over_first_median"] = float(1 + moved.median())
         out[f"{m}_second_over_first_p95"] = float(1 + moved.quantile(0.95))
     return out
 

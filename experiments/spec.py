@@ -19,8 +19,10 @@ HERE = Path(__file__).resolve().parent
 SCHEMA_PATH = HERE / "schema" / "experiment.schema.yaml"
 MODELS_PATH = HERE / "models.yaml"
 
+# queue_ahead on by default: without it a kernel shorter than its host launch is timed at the
+# launch rate (results/repeatability/h200-figure11-queue-ahead); rows say how they were timed.
 TIMING_DEFAULTS = {"warmup": 1, "repeats": 3, "calls": 5, "l2_flush": False, "cuda_graph": False, "interleave": False,
-                   "queue_ahead": False}
+                   "queue_ahead": True}
 GRID_DEFAULTS = {"chunk_index": "all", "skip_context_below_chunk": True, "page_size": 16}
 MEMORY_FILL_DEFAULTS = {"memory_fraction": 0.9}
 MERGED_KEYS = ("grid", "timing", "filter")  # smoke merges these field by field; others replace

@@ -48,7 +48,7 @@ def resolve_device(device: str | None) -> str:
 WORKLOAD_COLUMNS = ["model", "q_heads", "kv_heads", "head_dim", "dtype", "prefill_len", "prefill_kv_len",
                     "chunk_idx", "decode_batch", "decode_ctx", "page_size", "group_key"]
 TIMING_COLUMNS = ["median_ms", "min_ms", "max_ms", "iqr_ms", "repeats", "calls"]
-RESULT_COLUMNS = ["status", "reason", "impl", "max_abs_err", "rel_err", *TIMING_COLUMNS, "options"]
+RESULT_COLUMNS = ["status", "reason", "impl", "max_abs_err", "rel_err", *TIMING_COLUMNS, "timing", "options"]
 KEY_COLUMNS = ("row_key", "method")
 
 
@@ -169,11 +169,11 @@ def time_methods(checked: dict, device, timing: dict, interleave: bool) -> None:
     its result columns (status ok and the times, or error). ``interleave``: all of them in turn
     (experiments.timing.time_interleaved); if that fails (e.g. out of memory with every method's
     buffers held at once) each is timed alone instead."""
-    from experiments.timing import time_callable, time_interleaved
+    from experiments.timing import time_callable, time_interleaved, timing_mode
 
-    def ok(res, t):
+    def ok(res, t, interleaved=False):
         res.update(status="ok", median_ms=t.median_ms, min_ms=t.min_ms, max_ms=t.max_ms, iqr_ms=t.iqr_ms,
-                   repeats=t.repeats, calls=t.calls)
+                   repeats=t.repeats, calls=t.calls, timing=timing_mode(device, interleaved=interleaved, **timing))
         if t.drained:
             res["reason"] = (f"queue_ahead: {t.drained} of {t.repeats} samples timed with the host behind "
                              f"the GPU (its launch time inside the span)")
@@ -186,7 +186,7 @@ def time_methods(checked: dict, device, timing: dict, interleave: bool) -> None:
                 free(device)
         else:
             for lab, (res, _) in checked.items():
-                ok(res, times[lab])
+                ok(res, times[lab], interleaved=True)
             return
     for res, fn in checked.values():
         try:

@@ -42,6 +42,15 @@ def _summary(samples, repeats, calls, drained=0) -> Timing:
     return Timing(statistics.median(s), s[0], s[-1], iqr, list(samples), repeats, calls, drained)
 
 
+def timing_mode(device, l2_flush: bool = False, cuda_graph: bool = False, queue_ahead: bool = False,
+                interleaved: bool = False, **_) -> str:
+    """How a row was timed, for its ``timing`` column: e.g. 'events+queue_ahead+interleaved'."""
+    if torch.device(device).type != "cuda":
+        return "perf_counter" + ("+interleaved" if interleaved else "")
+    flags = [("l2_flush", l2_flush), ("queue_ahead", queue_ahead), ("interleaved", interleaved)]
+    return "+".join(["cuda_graph" if cuda_graph else "events"] + [name for name, on in flags if on])
+
+
 def l2_bytes(device) -> int:
     props = torch.cuda.get_device_properties(device)
     return int(getattr(props, "L2_cache_size", 0) or _FALLBACK_L2_BYTES)
@@ -103,8 +112,9 @@ _cycles_per_ms: dict = {}
 
 
 def _spin_cycles_per_ms(device) -> float:
-    """GPU clock cycles per ms of ``torch.cuda._sleep`` on ``device``, measured once with events
-    (the hold only needs to be about right: every sample checks that it held long enough)."""
+    """GPU clock cycles per ms of ``torch.cuda._sleep`` on ``device``: measured with events the
+    first time, then updated by every held sample, because the SM clock of an idle GPU (the first
+    measurement) can be a fifth of its clock under load."""
     key = str(device)
     if key not in _cycles_per_ms:
         cycles = 2_000_000
@@ -186,7 +196,8 @@ class _Sampler:
         if self.queue_ahead:
             hold = torch.cuda.Event(enable_timing=True)
             hold.record(self.stream)
-            torch.cuda._sleep(int(self.hold_ms * _spin_cycles_per_ms(self.device)))
+            cycles = max(1, int(self.hold_ms * _spin_cycles_per_ms(self.device)))
+            torch.cuda._sleep(cycles)
         spans = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                  for _ in range(self.calls if self.flush is not None else 1)]
         if self.flush is not None:
@@ -211,7 +222,11 @@ class _Sampler:
             return ms, True
         # The spin started no earlier than t0, so the host finished enqueueing before the GPU left
         # the spin exactly when its enqueue time is shorter than the spin as the GPU measured it.
-        in_time = host_ms < hold.elapsed_time(spans[0][0])
+        held_ms = hold.elapsed_time(spans[0][0])
+        in_time = host_ms < held_ms
+        if held_ms > 0:
+            # the spin's launch is inside held_ms, so this rate errs towards longer holds
+            _cycles_per_ms[str(self.device)] = cycles / held_ms
         self.hold_ms = max(_MIN_HOLD_MS, 2 * host_ms)
         return ms, in_time
 

@@ -22,6 +22,7 @@ def test_counts_hits_in_each_pass_and_in_both(tmp_path, capsys):
     # k0: a only (the failed row is left out); k1: 1.03 and 1.048, both; k2: b only; only_a: not in both
     assert (r["batches"], r["first"], r["second"], r["both"], r["first_only"], r["second_only"]) == (3, 2, 2, 1, 1, 1)
     assert r["SER_moved_over_0.02"] == pytest.approx(1 / 3)
+    assert r["POD_second_over_first_median"] == pytest.approx(1.10 / 1.03)
     with pytest.raises(KeyError, match="missing"):
         compare(a, b, "POD", "NOPE", 1.02)
     main([str(tmp_path / "a"), str(tmp_path / "b"), "--ratio", "POD/SER"])

@@ -40,7 +40,7 @@ def test_figure11_counts():
     assert len({r.row_key for r in rows}) == 4410
     assert exp.baseline == "FA_Serial" and exp.plot == "figure11"
     assert exp.timing == {"warmup": 1, "repeats": 3, "calls": 3, "l2_flush": False, "cuda_graph": False,
-                          "interleave": True, "queue_ahead": False}
+                          "interleave": True, "queue_ahead": True}
     assert exp.filter == {"min_part_fraction": 0.2}
     labels = [m.label for m in exp.methods]
     assert labels[-1] == "POD" and len(set(labels)) == len(labels)
@@ -154,7 +154,7 @@ def test_smoke_expansion():
     exp = load(FIG11, smoke=True)
     assert exp.smoke and [m.name for m in exp.models] == ["tiny-gqa2", "tiny-gqa3"]
     assert exp.timing == {"warmup": 0, "repeats": 2, "calls": 1, "l2_flush": False, "cuda_graph": False,
-                          "interleave": True, "queue_ahead": False}
+                          "interleave": True, "queue_ahead": True}
     assert exp.grid["skip_context_below_chunk"] is True and exp.grid["page_size"] == 16
     assert [m.label for m in exp.methods][-1] == "POD" and len(exp.methods) == 8
     rows = G.expand(exp)  # a plain list of batch sizes needs no GPU
@@ -313,7 +313,8 @@ def test_extends_overrides_a_base_key_by_key(tmp_path):
     """A study that extends figure 11 keeps its grid and timing, with its own memory and methods."""
     exp = load("experiments/studies/figure11_h100_batches.yaml")
     base = load(FIG11)
-    assert exp.name == "figure11_h100_batches" and exp.timing == base.timing
+    # the timing merges key by key: the base's, less the queue_ahead that the H100 rows lacked
+    assert exp.name == "figure11_h100_batches" and exp.timing == {**base.timing, "queue_ahead": False}
     assert exp.grid["chunk_size"] == base.grid["chunk_size"]
     assert exp.grid["decode_batch"]["memory_fill"]["gpu_memory_gb"] == 85.0
     assert "HFuse" not in [m.label for m in exp.methods] and "POD" in [m.label for m in exp.methods]

@@ -63,6 +63,7 @@ def test_statuses_and_columns(tmp_path):
     ok = by["TEST_correct"]
     assert (ok.status == "ok").all() and (ok.impl == "torch-reference").all()
     assert (ok[timing] != "").all().all() and (ok.repeats == "2").all() and (ok.calls == "1").all()
+    assert (ok.timing == "perf_counter").all()
     assert (ok.median_ms.astype(float) > 0).all() and (ok.rel_err.astype(float) < 5e-3).all()
     wrong = by["TEST_wrong"]
     assert (wrong.status == "failed_check").all() and (wrong[timing] == "").all().all()
@@ -185,6 +186,7 @@ def test_interleaved_runs_give_the_same_rows(tmp_path):
     ok = _read(inter)
     ok = ok[ok.status == "ok"]
     assert (ok.median_ms.astype(float) > 0).all() and (ok.repeats == "2").all()
+    assert (ok.timing == "perf_counter+interleaved").all()
 
 
 def test_time_interleaved_alternates_and_falls_back(monkeypatch):

@@ -16,6 +16,7 @@ class SimulatedCuda:
 
     def __init__(self, monkeypatch):
         self.host = self.free = 0.0
+        self.cycles_per_ms = CYCLES_PER_MS  # the SM clock the spin runs at
         sim = self
 
         class Event:
@@ -34,7 +35,7 @@ class SimulatedCuda:
 
         monkeypatch.setattr(T, "_cycles_per_ms", {})
         monkeypatch.setattr(T.time, "perf_counter", lambda: self.host / 1e3)
-        for name, value in {"Event": Event, "_sleep": lambda cycles: self.enqueue(cycles / CYCLES_PER_MS, 0.005),
+        for name, value in {"Event": Event, "_sleep": lambda cycles: self.enqueue(cycles / self.cycles_per_ms, 0.005),
                             "current_stream": lambda device=None: None, "synchronize": lambda device=None: self.sync(),
                             "device": lambda device: contextlib.nullcontext()}.items():
             monkeypatch.setattr(T.torch.cuda, name, value, raising=False)
@@ -83,3 +84,25 @@ def test_a_callable_that_waits_for_the_gpu_is_counted_as_drained(monkeypatch):
 
     t = T.time_callable(syncs, GPU, warmup=1, repeats=2, calls=2, queue_ahead=True)
     assert t.drained == 2 and t.median_ms > 0.010
+
+
+def test_queue_ahead_follows_the_clock_up_from_idle(monkeypatch):
+    """The spin is calibrated on an idle GPU whose clock then rises five-fold under load: holds
+    sized by the first calibration would be a fifth too short; every held sample recalibrates."""
+    sim = SimulatedCuda(monkeypatch)
+    sim.cycles_per_ms = CYCLES_PER_MS / 5
+    kernel = sim.kernel(0.010, 0.050)
+
+    def boosted():
+        sim.cycles_per_ms = CYCLES_PER_MS
+        kernel()
+
+    t = T.time_callable(boosted, GPU, warmup=1, repeats=5, calls=3, queue_ahead=True)
+    assert t.drained == 0 and t.max_ms == pytest.approx(0.010)
+
+
+def test_timing_mode_names_what_shaped_the_span():
+    assert T.timing_mode("cpu", interleaved=True) == "perf_counter+interleaved"
+    assert T.timing_mode(GPU, queue_ahead=True, interleaved=True, warmup=1) == "events+queue_ahead+interleaved"
+    assert T.timing_mode(GPU, cuda_graph=True) == "cuda_graph"
+    assert T.timing_mode(GPU, l2_flush=True) == "events+l2_flush"

@@ -56,7 +56,8 @@ PREFILL_TARGETS_MS = (0.04, 0.2, 1.0)
 DECODE_TARGETS_MS = (0.04, 0.2, 1.0)
 DECODE_CTX = 4096
 # Few calls: the slowest probe is ~3 ms, and ~130 probes must fit in about a minute with compiles.
-DEFAULT_TIMING = {"warmup": 2, "repeats": 5, "calls": 5}
+# queue_ahead: a short probe is otherwise timed at its host launch rate, not its GPU rate
+DEFAULT_TIMING = {"warmup": 2, "repeats": 5, "calls": 5, "queue_ahead": True}
 
 
 @dataclass(frozen=True)
