@@ -9,7 +9,7 @@ import math
 from kernels.common.splitkv import flash_split_heuristic
 from kernels.pod.plan import (BINDINGS, DEFAULT_MACHINE_BALANCE, PREFILL_DOMINANCE, PodConfig, choose_ctas_per_sm,
                               default_tiles, make_plan, policy_ratio)
-from kernels.pod.plan import MODE_DECODE
+from kernels.pod.plan import MODE_DECODE, MODE_POD
 from kernels.registry import create
 from kernels.workload import BatchSpec, HybridBatch, ModelShape
 
@@ -211,6 +211,29 @@ def test_longer_decode_blocks_keep_the_default_ring():
     assert pinned.decode_stages == 3                     # a given depth is kept
     narrow = make_plan(spec, MODE_DECODE, 132, PodConfig(decode_n=32, decode_split=1)).tiles
     assert (narrow.num_stages, narrow.decode_stages) == (base.num_stages, base.decode_stages)
+
+
+def test_longer_decode_blocks_take_the_deepest_ring_the_device_holds():
+    """With the device's shared memory known, a decode-alone launch of 128-key blocks runs as deep
+    as it fits: on Hopper (232,448 B per CTA) 3 deep at head dim 128 (4 deep asked 278,528 B on the
+    H200), 4 (the default) at head dim 64; on a 99 KB GPU 1 deep. A fused launch keeps the ring."""
+    from kernels.pod.plan import decode_smem_bytes
+    hopper, ampere_consumer = 232_448, 101_376
+    assert decode_smem_bytes(64, 128, 128, 4) == 278_528
+
+    def depth(head_dim, limit, kind=None, mode=MODE_DECODE, **cfg):
+        spec = BatchSpec(ModelShape("t", 32, 8, head_dim), decode_batch=8, decode_ctx=4096, prefill_len=256, prefill_kv_len=256)
+        t = make_plan(spec, mode, 132, PodConfig(decode_q_tile=64, decode_n=128, decode_split=1, **cfg),
+                      kind, smem_limit=limit).tiles
+        return t.num_stages, t.decode_stages
+
+    assert depth(128, hopper) == (3, 3) and depth(128, None) == (2, 2)
+    assert depth(64, hopper) == (4, 4) and depth(128, ampere_consumer) == (1, 1)
+    assert depth(128, hopper, decode_stages=2) == (3, 2)          # a given depth is kept
+    assert depth(128, 10 ** 9) == (4, 4)                          # never deeper than the default
+    fused = make_plan(BatchSpec(ModelShape("t", 32, 8, 128), decode_batch=8, decode_ctx=4096, prefill_len=256, prefill_kv_len=256),
+                      MODE_POD, 132, PodConfig(ctas_per_sm=2, decode_n=128, decode_split=1), smem_limit=hopper).tiles
+    assert fused.decode_stages == 1                               # 3 x 64 keys kept: one 128-key block
 
 
 def _ops_in_launch_order(batch, cfg, table=None):

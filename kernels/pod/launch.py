@@ -31,6 +31,14 @@ def num_sms(device: torch.device, default: int = 8) -> int:
     return default
 
 
+def smem_per_block(device: torch.device) -> int | None:
+    """Shared memory one CTA may opt in to on ``device`` (bytes); None on the CPU or when this
+    PyTorch does not report it."""
+    if device.type != "cuda":
+        return None
+    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", None) or None
+
+
 def tma_capable(device: torch.device) -> bool:
     """True on GPUs with the tensor copy engine (compute capability 9.0 and newer)."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)

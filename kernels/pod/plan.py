@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from kernels.common.splitkv import flash_split_heuristic  # noqa: F401  (re-exported: tests, scripts)
+from kernels.shapes import dtype_bytes
 from kernels.workload import BatchSpec
 
 # The former automatic 2-vs-4 CTA rule, kept only as ``plan: thresholds`` so that it can be timed
@@ -96,6 +97,19 @@ def default_tiles(kind: str, head_dim: int, ctas_per_sm: int = 2) -> Tiles:
             return Tiles(32, 32, 16, 16, 1, 4, 1, 128)
         return Tiles(64, 32, 16, 64, 1, 4, 3, 128)
     raise ValueError(f"ctas_per_sm must be 2 or 4, got {ctas_per_sm}")
+
+
+def decode_smem_bytes(rows: int, keys: int, head_dim: int, stages: int, elem_bytes: int = 2) -> int:
+    """Shared memory of a decode-alone launch: ``stages`` K and V blocks of ``keys`` keys plus the
+    query tile. Matches what Triton 3.6 asked on sm_90 for 64 rows, 128-key blocks 4 deep at head
+    dim 128 (278,528 B, the H200's OutOfResources in results/h200/raw/figure10, commit 7fb5d7f)."""
+    return (2 * stages * keys + rows) * head_dim * elem_bytes
+
+
+def deepest_decode_ring(rows: int, keys: int, head_dim: int, most: int, smem_limit: int, elem_bytes: int = 2) -> int:
+    """The most stages (at most ``most``, at least 1) whose decode_smem_bytes fit ``smem_limit``."""
+    fits = [s for s in range(1, most + 1) if decode_smem_bytes(rows, keys, head_dim, s, elem_bytes) <= smem_limit]
+    return max(fits, default=1)
 
 
 @dataclass(frozen=True)
@@ -330,11 +344,13 @@ def policy_ratio(policy: str, n_prefill: int, n_decode: int, ctas_per_sm: int) -
 
 
 def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None = None,
-              kind: str | None = None, calibration=None) -> LaunchPlan:
+              kind: str | None = None, calibration=None, smem_limit: int | None = None) -> LaunchPlan:
     """Plan one launch of ``pod_kernel`` in ``mode`` (MODE_PREFILL, MODE_DECODE, MODE_CTA or MODE_POD).
     A fused launch with ``ctas_per_sm: auto`` takes the tile set ``calibration``'s cost model predicts
     faster (None: the nominal calibration), or the former rule's with ``plan: thresholds``; whether
-    to fuse at all is ``choose_execution``'s question, asked by the POD method."""
+    to fuse at all is ``choose_execution``'s question, asked by the POD method. ``smem_limit``: the
+    device's shared memory per CTA (opt-in), which sizes a decode-alone launch's K/V ring for key
+    blocks longer than the default (None: the default ring's keys are kept)."""
     cfg = config or PodConfig()
     m = spec.model
     if kind is None:
@@ -361,11 +377,18 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
         # a longer key block at the default depth outgrows the shared memory the default K/V ring
         # is sized for (figure 10's 128-key blocks 4 deep: 272 KB, over Hopper's 227 KB): keep the
         # ring's keys, unless the depth is given
-        ring = (t.decode_stages or t.num_stages) * t.decode_n
+        default_depth = t.decode_stages or t.num_stages
+        depth = max(1, default_depth * t.decode_n // cfg.decode_n)
+        if kind == "decode" and smem_limit:
+            # decode alone: the deepest ring the device holds (3 deep on Hopper's 227 KB, where the
+            # kept keys give 2); a fused launch shares the SM with the prefill's tiles, so it keeps
+            # the ring's keys
+            depth = deepest_decode_ring(decode_rows, cfg.decode_n, m.head_dim, default_depth, smem_limit,
+                                        dtype_bytes(spec.dtype))
         if cfg.decode_stages is None:
-            decode_stages = max(1, ring // cfg.decode_n)
+            decode_stages = depth
         if kind == "decode" and cfg.num_stages is None:
-            num_stages = max(1, ring // cfg.decode_n)
+            num_stages = depth
     t = Tiles(cfg.block_m or t.block_m, cfg.block_n or t.block_n, decode_rows, cfg.decode_n or t.decode_n,
               virtual, cfg.num_warps or t.num_warps, num_stages,
               t.maxnreg if cfg.maxnreg is None else cfg.maxnreg, decode_stages)
