@@ -40,6 +40,8 @@ GPU_PEAKS = {
 WORKLOAD_COLUMNS = ["experiment", "model", "q_heads", "kv_heads", "head_dim", "dtype", "prefill_len",
                     "prefill_kv_len", "chunk_idx", "decode_batch", "decode_ctx", "page_size", "group_key"]
 GPU_COLUMNS = ["gpu_name", "sm_count"]
+# a batch's timing modes (experiments.timing.timing_mode) when its rows predate the raw `timing` column
+UNRECORDED_TIMING = "not recorded (before queue_ahead)"
 
 # Worst first: a derived method takes the worst status of its parts.
 _STATUS_SEVERITY = ("error", "failed_check", "unavailable", "ok")
@@ -113,10 +115,23 @@ def _derived_status(status: pd.DataFrame) -> pd.Series:
         status.notna().all(axis=1))
 
 
+def batch_timing(raw: pd.DataFrame) -> pd.Series:
+    """Per batch (row_key), how its ok rows were timed: their ``timing`` values, sorted and joined
+    with '; ' (rows without one: UNRECORDED_TIMING)."""
+    ok = raw[raw["status"] == "ok"]
+    if "timing" in ok.columns:
+        modes = ok["timing"].astype(object).where(ok["timing"].notna() & (ok["timing"].astype(str) != ""),
+                                                   UNRECORDED_TIMING)
+    else:
+        modes = pd.Series(UNRECORDED_TIMING, index=ok.index)
+    return modes.astype(str).groupby(ok["row_key"]).agg(lambda s: "; ".join(sorted(set(s))))
+
+
 def build_table(raw: pd.DataFrame, meta: dict) -> pd.DataFrame:
     """Wide table: one row per hybrid batch with times, statuses, speedups and the filter flag."""
     present = [c for c in WORKLOAD_COLUMNS + GPU_COLUMNS if c in raw.columns]
     batches = raw.groupby("row_key", sort=False)[present].first()
+    batches["timing"] = batch_timing(raw).reindex(batches.index)
     # Never use the timings of a method that failed its check or errored on a row.
     ms = raw[raw["status"] == "ok"].pivot(index="row_key", columns="method", values="median_ms")
     status = raw.pivot(index="row_key", columns="method", values="status")

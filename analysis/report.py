@@ -72,6 +72,16 @@ def machines(*frames) -> str:
     return ", ".join(f"{g} ({s} SMs)" for g, s in sorted(pairs)) or "unknown GPU"
 
 
+def timing_modes(table: pd.DataFrame) -> str:
+    """The table's timing modes (its ``timing`` column), most batches first, with their counts."""
+    if "timing" not in table.columns:
+        return "not in this table"
+    counts = table["timing"].fillna("none").value_counts()
+    if len(counts) == 1:
+        return f"`{counts.index[0]}`"
+    return ", ".join(f"`{mode}` ({n} batches)" for mode, n in counts.items())
+
+
 def summary_table(summary: pd.DataFrame, baseline: str) -> list[str]:
     """Markdown rows of a per-method summary (analysis.aggregate's <exp>_summary.csv)."""
     s = summary.copy()
@@ -167,7 +177,8 @@ def attention_section(name: str, tables: Path) -> list[str]:
     baseline = doc.get("baseline") or "FA_Serial"
     n_kept = len(kept_rows(table))
     lines = [f"**GPU:** {machines(table, summary)}. **Batches:** {len(table)} hybrid batches, {n_kept} kept by "
-             f"the filter. **Baseline:** `{baseline}`. Source: `{shown(tables)}/{name}_summary.csv`.", ""]
+             f"the filter. **Baseline:** `{baseline}`. **Timing:** {timing_modes(table)}. "
+             f"Source: `{shown(tables)}/{name}_summary.csv`.", ""]
     lines += summary_table(summary, baseline)
     if name == "figure11":
         shares = pod_faster_shares(table)

@@ -170,3 +170,22 @@ def test_labelled_variant_is_judged_by_its_method():
     assert method_role("POD_decode_q32", "OURS_Serial", "POD") == "method"
     assert method_role("FA_decode", "FA_Serial") == "part"
     assert method_role("FA_Serial", "FA_Serial") == "baseline"
+
+
+def test_timing_column_says_how_each_batch_was_timed(table, experiment_yaml):
+    """Rows without a `timing` column predate queue_ahead; rows with one give their modes, a batch
+    timed two ways lists both, and only ok rows count."""
+    from analysis.aggregate import UNRECORDED_TIMING
+    from analysis.report import timing_modes
+
+    assert (table["timing"] == UNRECORDED_TIMING).all()
+    raw = pd.read_csv(io.StringIO(raw_csv_text(LINES)))
+    raw["timing"] = "events+queue_ahead+interleaved"
+    raw.loc[(raw.row_key == "r4") & (raw.method == "POD"), "timing"] = "events+interleaved"
+    raw.loc[raw.status != "ok", "timing"] = ""
+    t = build_table(raw, read_meta(experiment_yaml)).set_index("row_key")
+    assert t.loc["r1", "timing"] == t.loc["r3", "timing"] == "events+queue_ahead+interleaved"
+    assert t.loc["r4", "timing"] == "events+interleaved; events+queue_ahead+interleaved"
+    assert timing_modes(t.reset_index()) == ("`events+queue_ahead+interleaved` (3 batches), "
+                                             "`events+interleaved; events+queue_ahead+interleaved` (1 batches)")
+    assert timing_modes(table.reset_index()) == f"`{UNRECORDED_TIMING}`"
