@@ -220,12 +220,13 @@ class _Sampler:
         ms = sum(s.elapsed_time(e) for s, e in spans) / self.calls
         if hold is None:
             return ms, True
-        # The spin started no earlier than t0, so the host finished enqueueing before the GPU left
-        # the spin exactly when its enqueue time is shorter than the spin as the GPU measured it.
+        # The hold event was stamped no earlier than t0, so an enqueue time shorter than the hold as
+        # the GPU measured it means every call was enqueued before the GPU left the spin.
         held_ms = hold.elapsed_time(spans[0][0])
         in_time = host_ms < held_ms
         if held_ms > 0:
-            # the spin's launch is inside held_ms, so this rate errs towards longer holds
+            # held_ms includes the spin's launch (microseconds): the rate comes out a little low and
+            # the next hold a little short of asked, well inside its factor of 2 over the host time
             _cycles_per_ms[str(self.device)] = cycles / held_ms
         self.hold_ms = max(_MIN_HOLD_MS, 2 * host_ms)
         return ms, in_time
