@@ -119,12 +119,9 @@ def batch_timing(raw: pd.DataFrame) -> pd.Series:
     """Per batch (row_key), how its ok rows were timed: their ``timing`` values, sorted and joined
     with '; ' (rows without one: UNRECORDED_TIMING)."""
     ok = raw[raw["status"] == "ok"]
-    if "timing" in ok.columns:
-        modes = ok["timing"].astype(object).where(ok["timing"].notna() & (ok["timing"].astype(str) != ""),
-                                                   UNRECORDED_TIMING)
-    else:
-        modes = pd.Series(UNRECORDED_TIMING, index=ok.index)
-    return modes.astype(str).groupby(ok["row_key"]).agg(lambda s: "; ".join(sorted(set(s))))
+    modes = ok["timing"].fillna("").astype(str) if "timing" in ok.columns else pd.Series("", index=ok.index)
+    modes = modes.replace("", UNRECORDED_TIMING)
+    return modes.groupby(ok["row_key"]).agg(lambda s: "; ".join(sorted(set(s))))
 
 
 def build_table(raw: pd.DataFrame, meta: dict) -> pd.DataFrame:

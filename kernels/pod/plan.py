@@ -376,13 +376,12 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
     if cfg.decode_n and cfg.decode_n > t.decode_n:
         # a longer key block at the default depth outgrows the shared memory the default K/V ring
         # is sized for (figure 10's 128-key blocks 4 deep: 272 KB, over Hopper's 227 KB): keep the
-        # ring's keys, unless the depth is given
+        # ring's keys, or decode alone the deepest ring the device holds, unless the depth is given
         default_depth = t.decode_stages or t.num_stages
         depth = max(1, default_depth * t.decode_n // cfg.decode_n)
         if kind == "decode" and smem_limit:
-            # decode alone: the deepest ring the device holds (3 deep on Hopper's 227 KB, where the
-            # kept keys give 2); a fused launch shares the SM with the prefill's tiles, so it keeps
-            # the ring's keys
+            # 3 deep on Hopper's 227 KB where the kept keys give 2; a fused launch shares the SM
+            # with the prefill's tiles, so it keeps the ring's keys
             depth = deepest_decode_ring(decode_rows, cfg.decode_n, m.head_dim, default_depth, smem_limit,
                                         dtype_bytes(spec.dtype))
         if cfg.decode_stages is None:
