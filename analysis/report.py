@@ -180,7 +180,7 @@ def attention_section(name: str, tables: Path) -> list[str]:
              f"the filter. **Baseline:** `{baseline}`. **Timing:** {timing_modes(table)}. "
              f"Source: `{shown(tables)}/{name}_summary.csv`.", ""]
     lines += summary_table(summary, baseline)
-    if name == "figure11":
+    if "figure11" in (name, doc.get("extends")):
         shares = pod_faster_shares(table)
         if shares:
             lines += ["", "POD faster than, on the kept batches where both were timed "

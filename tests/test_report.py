@@ -170,3 +170,16 @@ def test_pod_by_prefill_share_bins_the_kept_batches():
     assert list(bins["at_or_below"]) == [0.5, 1.0]
     assert list(bins["median_over_best_peer"]) == [pytest.approx(1.05), pytest.approx(0.9)]
     assert report.pod_by_prefill_share(t.drop(columns="ms_FI_Serial")).empty
+
+
+def test_studies_that_extend_figure11_get_its_headline_numbers():
+    """A study written as `extends: figure11` is figure 11's grid, so its section carries POD's
+    headline numbers and faster-than shares; a study that does not extend it gets neither."""
+    tables = report.ROOT / "results" / "h200" / "tables"
+    text = report.render(["figure11_h100_batches", "hopper_check"], tables, studies=True)
+    grid = text.split("## figure11_h100_batches\n", 1)[1].split("\n## ", 1)[0]
+    other = text.split("## hopper_check\n", 1)[1]
+    table = pd.read_csv(tables / "figure11_h100_batches.csv")
+    expected = dict(report.pod_targets(table))
+    assert expected and all(f"| {what} | {value} |" in grid for what, value in expected.items())
+    assert "POD's headline numbers" not in other
