@@ -20,7 +20,7 @@ from typing import Callable
 import pandas as pd
 
 from analysis.atomic import write_text_if_changed
-from analysis.report import kept_rows, perfect_overlap_bound, shown
+from analysis.report import kept_rows, perfect_overlap_bound, shown, timing_modes
 from kernels.catalogue import method_parts
 
 
@@ -330,7 +330,8 @@ def evaluate(trees: list[Path]) -> pd.DataFrame:
             rows.append({"claim": c.id, "target": c.target, "statement": c.statement, "paper": c.paper,
                          "rule": c.rule, "tree": shown(tree), "gpu": gpu,
                          "measured": None if v is None else v.measured,
-                         "holds": None if v is None else v.holds})
+                         "holds": None if v is None else v.holds,
+                         "timing": None if source is None else timing_modes(source)})
     return pd.DataFrame(rows)
 
 
@@ -388,6 +389,11 @@ def render(claims: pd.DataFrame, pairs: list[tuple[Path, Path, pd.DataFrame]]) -
     out += ["", "Claims that hold, per tree: " + "; ".join(
         f"{gpus[t]}: {int((g['holds'] == True).sum())} of {int(g['holds'].notna().sum())}"  # noqa: E712
         for t, g in held.groupby("tree", sort=False)) + "."]
+    f11 = claims[(claims["target"] == "figure11") & claims["timing"].notna()].drop_duplicates("tree")
+    if len(f11):
+        # short prefill parts timed without queue_ahead carry host launch time, which moves these verdicts
+        out += ["", "How each tree's figure-11 rows were timed (the CSV's `timing` column has it for every claim): "
+                + "; ".join(f"{gpus[r.tree]}: {r.timing}" for r in f11.itertuples()) + "."]
     for h100, other, df in pairs:
         if df.empty:
             continue

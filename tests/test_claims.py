@@ -69,3 +69,17 @@ def test_every_claim_reads_the_shipped_h100_tree():
     df = C.evaluate([root])
     assert df["measured"].notna().all(), df[df["measured"].isna()]["claim"].tolist()
     assert df["holds"].map(lambda x: x in (True, False)).all()
+
+
+def test_report_says_how_each_trees_figure11_rows_were_timed(tmp_path):
+    shipped = Path("results/tables/figure11.csv")
+    if not shipped.exists():
+        pytest.skip("no shipped tables")
+    f11 = pd.read_csv(shipped).head(2).assign(gpu_name="G", sm_count=100, timing=["events+queue_ahead", "events"])
+    root = tree(tmp_path, "results", {"figure11": f11})
+    other = tree(root, "gpu2", {"table7": table7(1.45)})
+    df = C.evaluate([root, other])
+    assert set(df[df["target"] == "figure11"]["timing"].dropna()) == {"`events+queue_ahead` (1 batches), `events` (1 batches)"}
+    assert df[df["tree"] == str(other)]["timing"].dropna().tolist() == ["not in this table"] * 2   # table7's claims
+    line = next(x for x in C.render(df, []).splitlines() if x.startswith("How each tree's figure-11 rows"))
+    assert "G (100 SMs): `events+queue_ahead` (1 batches), `events` (1 batches)." in line
