@@ -7,16 +7,18 @@ import numpy as np
 import pandas as pd
 
 from figures.common import FONT_SIZE, machine_line
-from figures.utilization import source_note, utilization
+from figures.utilization import HATCH, source_note, utilization
 
 HYBRID_KERNELS = ["FA_prefill", "FA_decode", "FI_prefill_auto", "FI_decode", "FI_POD", "POD"]
 RUNTIME_METHODS = ["FA_Serial", "FI_Serial", "FI_POD", "OURS_Serial", "POD"]
 
 
-def _bars(ax, labels, compute, memory, title):
+def _bars(ax, labels, compute, memory, title, sources):
+    """Compute and memory bars per label; ``sources`` (one per label or one for all) sets each hatch."""
     x = np.arange(len(labels))
-    ax.bar(x - 0.2, compute, 0.4, label="compute", color="tab:red")
-    ax.bar(x + 0.2, memory, 0.4, label="memory bandwidth", color="tab:blue")
+    hatch = [HATCH[s] for s in (sources if isinstance(sources, list) else [sources] * len(labels))]
+    ax.bar(x - 0.2, compute, 0.4, label="compute", color="tab:red", hatch=hatch, edgecolor="white")
+    ax.bar(x + 0.2, memory, 0.4, label="memory bandwidth", color="tab:blue", hatch=hatch, edgecolor="white")
     ax.set_xticks(x, labels, rotation=40, ha="right", fontsize=FONT_SIZE - 3)
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=FONT_SIZE)
@@ -38,24 +40,25 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
         c, m, s = utilization(prefill, "FA_prefill")
         sources.append(s)
         _bars(axd["prefill"], [f"{int(v) // 1024}K" for v in prefill["prefill_len"]], c, m,
-              "FA prefill alone (context)")
+              "FA prefill alone (context)", s)
         c, m, s = utilization(decode, "FA_decode")
         sources.append(s)
         _bars(axd["decode"], [f"bs {int(v)}" for v in decode["decode_batch"]], c, m,
-              f"FA decode alone (context {int(decode['decode_ctx'].iloc[0]) if len(decode) else 0})")
+              f"FA decode alone (context {int(decode['decode_ctx'].iloc[0]) if len(decode) else 0})", s)
         axd["prefill"].set_ylabel("utilization (% of peak)")
         axd["prefill"].legend(fontsize=FONT_SIZE - 3, loc="upper left")
         for name, (_, row) in zip(names, hybrid.iterrows()):
             one = pd.DataFrame([row])
             kernels = [k for k in HYBRID_KERNELS if f"ms_{k}" in one]
-            cs, ms = [], []
+            cs, ms, ss = [], [], []
             for k in kernels:
                 c, m, s = utilization(one, k)
                 cs.append(float(c.iloc[0]))
                 ms.append(float(m.iloc[0]))
-                sources.append(s)
+                ss.append(s)
+            sources += ss
             _bars(axd[name], kernels, cs, ms, f"{name}: prefill {int(row['prefill_len'])}/{int(row['prefill_kv_len'])}, "
-                                             f"{int(row['decode_batch'])}x{int(row['decode_ctx'])}")
+                                             f"{int(row['decode_batch'])}x{int(row['decode_ctx'])}", ss)
 
         ax = axd["runtime"]
         methods = [k for k in RUNTIME_METHODS if f"ms_{k}" in hybrid]
@@ -71,5 +74,5 @@ def plot(table: pd.DataFrame, summary: pd.DataFrame, meta: dict):
                      fontsize=FONT_SIZE)
         ax.legend(fontsize=FONT_SIZE - 3, ncols=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.08))
         ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(f"{table['model'].iloc[0]}: {machine_line(table)}\n{source_note(sources)}", fontsize=FONT_SIZE - 1)
+        fig.suptitle(f"{table['model'].iloc[0]}: {machine_line(table)}\n{source_note(sources, hatched=True)}", fontsize=FONT_SIZE - 1)
     return fig

@@ -24,6 +24,13 @@ SOURCE_TEXT = {
 }
 
 
-def source_note(sources) -> str:
-    """Where the utilization numbers of a figure come from, a line per source."""
-    return "\n".join(SOURCE_TEXT[s] for s in sorted(set(sources)))
+# bars without hardware counters are hatched where a figure draws both kinds side by side
+HATCH = {"ncu": None, "achieved": "//"}
+
+
+def source_note(sources, hatched: bool = False) -> str:
+    """Where the utilization numbers of a figure come from, a line per source; ``hatched``: the
+    figure hatches the bars of a source that has a hatch (say so where both sources appear)."""
+    used = sorted(set(sources))
+    mixed = hatched and len(used) > 1
+    return "\n".join(("hatched bars, " if mixed and HATCH[s] else "") + SOURCE_TEXT[s] for s in used)

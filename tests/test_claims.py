@@ -79,7 +79,41 @@ def test_report_says_how_each_trees_figure11_rows_were_timed(tmp_path):
     root = tree(tmp_path, "results", {"figure11": f11})
     other = tree(root, "gpu2", {"table7": table7(1.45)})
     df = C.evaluate([root, other])
-    assert set(df[df["target"] == "figure11"]["timing"].dropna()) == {"`events+queue_ahead` (1 batches), `events` (1 batches)"}
-    assert df[df["tree"] == str(other)]["timing"].dropna().tolist() == ["not in this table"] * 2   # table7's claims
-    line = next(x for x in C.render(df, []).splitlines() if x.startswith("How each tree's figure-11 rows"))
-    assert "G (100 SMs): `events+queue_ahead` (1 batches), `events` (1 batches)." in line
+    assert set(df[df["target"] == "figure11"]["timing"].dropna()) == {
+        "figure11: `events+queue_ahead` (1 batches), `events` (1 batches)"}
+    assert df[df["tree"] == str(other)]["timing"].dropna().tolist() == ["table7: not in this table"] * 2
+    line = next(x for x in C.render(df, []).splitlines() if x.startswith("The tables each tree's figure-11 claims"))
+    assert "G (100 SMs): figure11: `events+queue_ahead` (1 batches), `events` (1 batches)." in line
+
+
+def f11_rows(**ms):
+    """Four kept figure-11 batches timed as ``ms`` (method -> ms, FA_Serial's parts included)."""
+    return pd.DataFrame({"row_key": list("abcd"), "gpu_name": "G", "sm_count": 100, "kept": True, "timing": "events",
+                         **{f"ms_{m}": v for m, v in ms.items()}})
+
+
+def test_figure11_claims_read_the_retimed_tables_where_a_tree_holds_them(tmp_path):
+    serial = dict(FA_prefill=1.0, FA_decode=1.0, FA_Serial=2.0)
+    slow = f11_rows(**serial, POD=2.2, HFuse=1.5, FA_Streams=1.9, FI_Serial=2.0)       # POD slower than serial
+    peers = f11_rows(**serial, POD=1.5, FI_Serial=1.9).assign(timing="events+queue_ahead")
+    fusions = f11_rows(**serial, POD=1.4, HFuse=1.6, FA_Streams=2.1).assign(timing="events+queue_ahead")
+    only_old = verdicts(tree(tmp_path, "old", {"figure11": slow}))
+    assert only_old["F11-never-slower"][1] is False and only_old["F11-mean"][1] is False
+    df = C.evaluate([tree(tmp_path, "new", {"figure11": slow, C.F11_PEERS: peers, C.F11_FUSIONS: fusions})])
+    r = df.set_index("claim")
+    assert r.loc["F11-never-slower", "holds"] is True
+    assert r.loc["F11-never-slower", "source"] == f"{C.F11_PEERS}, {C.F11_FUSIONS}"    # judged on both
+    assert f"(`{C.F11_FUSIONS}`)" in r.loc["F11-never-slower", "measured"]
+    assert r.loc["F11-mean", "holds"] is True                # POD first within each lease
+    assert r.loc["F11-fi-serial", "source"] == C.F11_PEERS   # the fusion study has no FI_Serial: not read
+    assert r.loc["F11-streams", "measured"].startswith("median 0.952x") and r.loc["F11-streams", "holds"] is True
+    assert r.loc["F11-hfuse", "holds"] is False              # 1.25x on every batch: never slower than serial
+    assert r.loc["F11-never-slower", "timing"] == (f"{C.F11_PEERS}: `events+queue_ahead`; "
+                                                    f"{C.F11_FUSIONS}: `events+queue_ahead`")
+    line = next(x for x in C.render(df, []).splitlines() if x.startswith("The tables each tree's figure-11 claims"))
+    assert line.endswith(f"G (100 SMs): {C.F11_PEERS}: `events+queue_ahead`; {C.F11_FUSIONS}: `events+queue_ahead`.")
+    assert "figure11_queue_ahead: `events+queue_ahead`; figure11_fusion_baselines" in r.loc["F11-never-slower", "timing"]
+    # one re-timed table that fails the claim fails it, though the other holds it
+    df = C.evaluate([tree(tmp_path, "mixed", {"figure11": slow, C.F11_PEERS: peers,
+                                              C.F11_FUSIONS: fusions.assign(ms_POD=2.5)})])
+    assert df.set_index("claim").loc["F11-never-slower", "holds"] is False

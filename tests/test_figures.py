@@ -76,3 +76,22 @@ def test_plotted_methods_fall_back_to_the_parts_when_nothing_else_was_timed():
     assert sorted(plotted_methods(parts)) == ["FI_prefill_auto", "OURS_prefill_hopper"]
     mixed = pd.concat([parts, pd.DataFrame({"method": ["POD"], "role": ["method"], "n": [27]})])
     assert plotted_methods(mixed) == ["POD"]
+
+
+def test_figure1_hatches_the_bars_without_hardware_counters():
+    from pathlib import Path
+
+    from figures import figure1
+    from figures.utilization import source_note
+    shipped = Path("results/h200/tables/figure1.csv")
+    if not shipped.exists():
+        pytest.skip("no shipped tables")
+    table = pd.read_csv(shipped)
+    assert table["ncu_sm__throughput_POD"].notna().any() and "ncu_sm__throughput_FI_POD" not in table
+    fig = figure1.plot(table, pd.DataFrame(), {})
+    c0 = next(ax for ax in fig.axes if ax.get_title().startswith("C0"))
+    labels = [t.get_text() for t in c0.get_xticklabels()]
+    hatched = [labels[i % len(labels)] for i, p in enumerate(c0.patches) if p.get_hatch()]
+    assert hatched == ["FI_POD", "FI_POD"]            # its compute and memory bars; the profiled ones plain
+    assert "hatched bars, no hardware counters" in fig._suptitle.get_text()
+    assert "hatched" not in source_note(["achieved"], hatched=True)   # one source: nothing to tell apart
