@@ -24,13 +24,11 @@ SOURCE_TEXT = {
 }
 
 
-# bars without hardware counters are hatched where a figure draws both kinds side by side
+# a figure that draws both kinds of bar side by side (figure 1) hatches those without hardware counters
 HATCH = {"ncu": None, "achieved": "//"}
 
 
 def source_note(sources, hatched: bool = False) -> str:
     """Where the utilization numbers of a figure come from, a line per source; ``hatched``: the
-    figure hatches the bars of a source that has a hatch (say so where both sources appear)."""
-    used = sorted(set(sources))
-    mixed = hatched and len(used) > 1
-    return "\n".join(("hatched bars, " if mixed and HATCH[s] else "") + SOURCE_TEXT[s] for s in used)
+    figure hatches each source's bars with ``HATCH``, and the note says which are hatched."""
+    return "\n".join(("hatched bars, " if hatched and HATCH[s] else "") + SOURCE_TEXT[s] for s in sorted(set(sources)))
