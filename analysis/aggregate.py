@@ -163,12 +163,14 @@ def build_table(raw: pd.DataFrame, meta: dict) -> pd.DataFrame:
     limit_ms = physical_limit_ms(batches, work)
     achieved = {m: achieved_utilization(ms[m], work, method_parts(m, meta.get("method_of", {}).get(m)))
                 for m in methods}
-    peers = [m for m in BEST_PEERS if m in methods]
+    # the best peer is the fastest of all of BEST_PEERS: an experiment that times only some of them
+    # has none (a row where a peer failed takes the fastest of those that ran)
+    has_peers = all(m in methods for m in BEST_PEERS)
     columns = {
         **{f"ms_{m}": ms[m] for m in methods},
         **{f"status_{m}": status[m] for m in methods},
         "kept": kept,
-        "best_peer_ms": ms[peers].min(axis=1) if peers else np.nan,
+        "best_peer_ms": ms[list(BEST_PEERS)].min(axis=1) if has_peers else np.nan,
         "limit_ms": limit_ms,
         **{f"speedup_{m}": ms[baseline] / ms[m] for m in methods},
         **{f"limit_fraction_{m}": limit_ms / ms[m] for m in methods},

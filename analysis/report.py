@@ -22,7 +22,10 @@ import pandas as pd
 import yaml
 
 from analysis.atomic import write_text_if_changed
-from kernels.catalogue import PHASES, method_parts
+from kernels.catalogue import BEST_PEERS, DERIVED, PHASES, method_parts
+
+# the parts of the best peers: a perfect-overlap bound without them would be a bound over slower parts
+PEER_PARTS = tuple(p for m in BEST_PEERS for p in DERIVED.get(m, ()))
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ORDER = ["figure1", "figure6", "figure7", "figure10", "figure11", "figure13", "figure14", "table7"]
@@ -125,7 +128,8 @@ def perfect_overlap_bound(table: pd.DataFrame) -> pd.Series:
 def pod_targets(table: pd.DataFrame) -> list[tuple[str, str]]:
     """POD's headline numbers on a figure-11 wide table, each where its columns exist:
     (what, value) pairs. The perfect-overlap bound of a batch is the larger of its fastest prefill
-    alone and its fastest decode alone (every timed part counts)."""
+    alone and its fastest decode alone (every timed part counts; reported where the best peers'
+    parts are among them)."""
     kept = kept_rows(table)
     out = []
     if {"ms_POD", "best_peer_ms"} <= set(table):
@@ -134,7 +138,7 @@ def pod_targets(table: pd.DataFrame) -> list[tuple[str, str]]:
             if len(both):
                 out.append((f"POD at or below the best peer, {where} batches ({len(both)})",
                             share((both["ms_POD"] <= both["best_peer_ms"]).mean())))
-    if "ms_POD" in table:
+    if {"ms_POD", *(f"ms_{p}" for p in PEER_PARTS)} <= set(table):
         ratio = (kept["ms_POD"] / perfect_overlap_bound(kept)).dropna()
         if len(ratio):
             out.append((f"POD / perfect-overlap bound, kept batches: median, p90 ({len(ratio)})",

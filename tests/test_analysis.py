@@ -89,6 +89,12 @@ def test_best_peer(table):
     assert table["best_peer_ms"].to_dict() == {"r1": 2.0, "r2": 0.1, "r3": 4.0, "r4": 2.0}
 
 
+def test_no_best_peer_without_all_the_peers(raw_paths, experiment_yaml):
+    raw = load_raw(raw_paths)
+    partial = build_table(raw[raw["method"] != "FI_POD"], read_meta(experiment_yaml))
+    assert partial["best_peer_ms"].isna().all()   # not the fastest of FA_Serial and FI_Serial alone
+
+
 def test_physical_limit_h100(table):
     # Worked by hand for 16/4 heads, d 128, fp16: prefill 512 over 1024, decode 8 x 4096.
     bytes_moved = (2 * 512 * 16 * 128 + 2 * 1024 * 4 * 128) * 2 + (2 * 8 * 16 * 128 + 2 * 8 * 4096 * 4 * 128) * 2

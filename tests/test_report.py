@@ -142,6 +142,7 @@ def test_pod_targets_on_a_synthetic_table():
         "ms_FI_prefill_auto": [0.4, 0.9, 0.4, 2.0],
         "ms_FA_decode": [0.6, 2.0, 0.5, 1.0],
         "ms_OURS_decode": [0.7, 1.0, 0.5, 1.5],
+        "ms_FI_decode": [0.9, 1.5, 0.9, 1.2],
     })
     got = dict(report.pod_targets(t))
     assert got["POD at or below the best peer, kept batches (3)"] == "66.67%"
@@ -153,8 +154,10 @@ def test_pod_targets_on_a_synthetic_table():
     assert got["POD slower than OURS_Serial by more than 2%, all batches (4)"] == "1 (25.00%), worst 1.100"
     rates = pd.Series([0.4 / 0.5, 0.9 / 1.2, 2.0 / 2.5])
     assert got["OURS_prefill's rate over FI_prefill_auto's, kept batches: median (3)"] == f"{rates.median():.3f}"
-    # without the columns, nothing is claimed
+    # without the columns, nothing is claimed; without a best peer's part, no bound (it would be
+    # the bound of slower parts)
     assert report.pod_targets(t[["kept", "ms_POD"]]) == []
+    assert not any(what.startswith("POD / perfect-overlap") for what, _ in report.pod_targets(t.drop(columns="ms_FI_decode")))
 
 
 def test_pod_by_prefill_share_bins_the_kept_batches():
