@@ -23,7 +23,7 @@ from typing import Callable
 import pandas as pd
 
 from analysis.atomic import write_text_if_changed
-from analysis.report import kept_rows, perfect_overlap_bound, shown, timing_modes
+from analysis.report import RETIMED_FIGURE11, kept_rows, perfect_overlap_bound, shown, timing_modes
 from kernels.catalogue import method_parts
 
 
@@ -45,8 +45,7 @@ class Claim:
     retimed: tuple[str, ...] = ()  # tables that replace ``source`` where the tree holds them, each judged
 
 
-# figure 11 re-timed with queue_ahead: the best-peer and own-serial comparisons, and the fusion baselines
-F11_PEERS, F11_FUSIONS = "figure11_queue_ahead", "figure11_fusion_baselines"
+F11_PEERS, F11_FUSIONS = RETIMED_FIGURE11
 
 
 CLAIMS: list[Claim] = []

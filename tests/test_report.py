@@ -186,3 +186,18 @@ def test_studies_that_extend_figure11_get_its_headline_numbers():
     expected = dict(report.pod_targets(table))
     assert expected and all(f"| {what} | {value} |" in grid for what, value in expected.items())
     assert "POD's headline numbers" not in other
+
+
+def test_figure11_section_points_to_its_queue_ahead_retimings(tmp_path):
+    """A tree whose figure-11 grid predates queue_ahead and that holds a re-timing says so under the
+    grid's numbers; a grid timed with queue_ahead, or a tree without re-timings, does not."""
+    shipped = report.ROOT / "results" / "h200" / "tables"
+    for stem in ("figure11", "figure11_summary"):
+        (tmp_path / f"{stem}.csv").write_bytes((shipped / f"{stem}.csv").read_bytes())
+    pointer = "Re-timed with it in this tree"
+    assert not any(pointer in x for x in report.attention_section("figure11", tmp_path))
+    (tmp_path / "figure11_fusion_baselines.csv").write_text("row_key\n")
+    lines = report.attention_section("figure11", tmp_path)
+    assert any(pointer in x and "`figure11_fusion_baselines`" in x and "figure11_queue_ahead" not in x for x in lines)
+    pd.read_csv(tmp_path / "figure11.csv").assign(timing="events+queue_ahead").to_csv(tmp_path / "figure11.csv", index=False)
+    assert not any(pointer in x for x in report.attention_section("figure11", tmp_path))
