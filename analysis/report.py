@@ -34,7 +34,8 @@ RETIMED_FIGURE11 = ("figure11_queue_ahead", "figure11_fusion_baselines")
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ORDER = ["figure1", "figure6", "figure7", "figure10", "figure11", "figure13", "figure14", "table7"]
 # figure 11: the fused methods POD is compared with, batch by batch, on the kept batches
-FIG11_RIVALS = ["FI_POD", "HFuse", "OURS_CTA", "OURS_Serial", "FI_Serial", "FA_Serial"]
+FIG11_RIVALS = ["FI_POD", "HFuse", "OURS_CTA", "OURS_Serial", "FI_Serial", "FI_Batched_fa2", "FI_Batched_auto",
+                "FA_Streams", "FA_Serial"]
 ROLE_ORDER = {"baseline": 0, "method": 1, "part": 2}
 
 LEGEND = """\

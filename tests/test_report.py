@@ -201,3 +201,9 @@ def test_figure11_section_points_to_its_queue_ahead_retimings(tmp_path):
     assert any(pointer in x and "`figure11_fusion_baselines`" in x and "figure11_queue_ahead" not in x for x in lines)
     pd.read_csv(tmp_path / "figure11.csv").assign(timing="events+queue_ahead").to_csv(tmp_path / "figure11.csv", index=False)
     assert not any(pointer in x for x in report.attention_section("figure11", tmp_path))
+
+
+def test_pod_faster_shares_cover_every_figure11_rival_timed():
+    t = pd.DataFrame({"kept": [True, True, False], "ms_POD": [1.0, 2.0, 1.0], "ms_FA_Streams": [1.5, 1.5, 0.5],
+                      "ms_FI_Batched_fa2": [2.0, 2.5, 0.5], "ms_FA_Serial": [3.0, 3.0, 3.0]})
+    assert report.pod_faster_shares(t) == {"FI_Batched_fa2": (2, 2), "FA_Streams": (1, 2), "FA_Serial": (2, 2)}
