@@ -188,12 +188,13 @@ def attention_section(name: str, tables: Path) -> list[str]:
     lines = [f"**GPU:** {machines(table, summary)}. **Batches:** {len(table)} hybrid batches, {n_kept} kept by "
              f"the filter. **Baseline:** `{baseline}`. **Timing:** {timing_modes(table)}. "
              f"Source: `{shown(tables)}/{name}_summary.csv`.", ""]
-    retimed = [r for r in RETIMED_FIGURE11 if (tables / f"{r}.csv").exists()]
-    held_back = "timing" in table and table["timing"].fillna("").map(lambda t: "queue_ahead" in t.split("+")).all()
-    if name == "figure11" and retimed and not held_back:
-        lines[-1:-1] = ["", "This grid was timed without queue_ahead (its short parts carry host launch time). Re-timed "
-                        "with it in this tree: " + ", ".join(f"`{r}`" for r in retimed) + " (STUDIES.md); the "
-                        "figure-11 claims (CLAIMS.md) read those."]
+    if name == "figure11":
+        retimed = [r for r in RETIMED_FIGURE11 if (tables / f"{r}.csv").exists()]
+        held_back = "timing" in table and table["timing"].fillna("").map(lambda t: "queue_ahead" in t.split("+")).all()
+        if retimed and not held_back:
+            lines[-1:-1] = ["", "This grid was timed without queue_ahead (its short parts carry host launch time). "
+                            "Re-timed with it in this tree: " + ", ".join(f"`{r}`" for r in retimed) + " (STUDIES.md); "
+                            "the figure-11 claims (CLAIMS.md) read those."]
     lines += summary_table(summary, baseline)
     if "figure11" in (name, doc.get("extends")):
         shares = pod_faster_shares(table)
