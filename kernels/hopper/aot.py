@@ -4,7 +4,8 @@ TRITON_INTERPRET must not be set where Gluon compiles).
 
     python -m kernels.hopper.aot [MODE:HEAD_DIM:DTYPE[:FLAG,...] ...]    # prints one JSON line per variant
 
-FLAG: a boolean HopperConfig field set true, e.g. ``prefill:128:float16:pingpong``.
+FLAG: a HopperConfig field, ``name`` (set true) or ``name=value``, e.g.
+``prefill:128:float16:pingpong`` or ``prefill:128:float16:stages=3,pingpong``.
 """
 from __future__ import annotations
 
@@ -82,6 +83,14 @@ def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: i
     return rep
 
 
+def _option(flag: str):
+    """``pingpong`` -> (pingpong, True); ``stages=3`` -> (stages, 3) (HopperConfig's fields)."""
+    name, _, value = flag.partition("=")
+    if not value:
+        return name, True
+    return name, int(value) if value.lstrip("-").isdigit() else {"true": True, "false": False}.get(value, value)
+
+
 def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET"):
         print("kernels.hopper.aot: unset TRITON_INTERPRET (Gluon cannot compile under the interpreter)", file=sys.stderr)
@@ -89,7 +98,7 @@ def main(argv=None) -> int:
     specs = argv if argv else ["prefill:128:float16"]
     for s in specs:
         mode, d, dt, *flags = s.split(":")
-        options = {f: True for f in flags[0].split(",")} if flags else {}
+        options = dict(_option(f) for f in flags[0].split(",")) if flags else {}
         try:
             rep = compile_variant(mode, int(d), dt, options=options)
         except Exception as e:  # noqa: BLE001 - reported per variant

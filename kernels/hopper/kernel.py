@@ -78,11 +78,22 @@ def _decode_coords(i, seqlens_ptr, HKV, n_hblocks, n_splits, BND: gl.constexpr):
 # prefill pipeline
 # ----------------------------------------------------------------------------------------------
 @gluon.jit
+def _load_kv_block(desc, row, col, bufs, ready, empty, k, STAGES: gl.constexpr):
+    """TMA of one K or V block (the k-th of its ring) once the consumers released its stage."""
+    s = k % STAGES
+    mbarrier.wait(empty.index(s), ((k // STAGES) & 1) ^ 1)
+    mbarrier.expect(ready.index(s), desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc, [row, col], ready.index(s), bufs.index(s))
+
+
+@gluon.jit
 def _prefill_producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
-                      kv_empty, rank, grid, n_items, H, GROUP, n_mblocks, n_splits, Lq, Lk,
+                      k_empty, v_empty, rank, grid, n_items, H, GROUP, n_mblocks, n_splits, Lq, Lk,
                       D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
                       CAUSAL: gl.constexpr):
-    """One warp: Q halves of each item, then its K/V blocks into the ring."""
+    """One warp: Q halves of each item, then its K/V blocks into the rings in the order the
+    consumers use them (K_j before V_{j-1}, as FA3): K and V have their own empty barriers, so a
+    K stage is refilled as soon as its QK^T has completed, a whole iteration before it is needed."""
     it = 0
     cnt = 0
     for t in range(rank, n_items, grid):
@@ -93,15 +104,14 @@ def _prefill_producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q
         mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [mb * BM, h * D], q_ready, q_smem.index(0))
         tma.async_copy_global_to_shared(q_desc, [mb * BM + WG_ROWS, h * D], q_ready, q_smem.index(1))
-        for j in range(lo, hi):
-            s = it % STAGES
-            ph = (it // STAGES) & 1
-            mbarrier.wait(kv_empty.index(s), ph ^ 1)
-            mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(k_desc, [j * BN, kv_col], k_ready.index(s), k_bufs.index(s))
-            mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(v_desc, [j * BN, kv_col], v_ready.index(s), v_bufs.index(s))
-            it += 1
+        if hi > lo:
+            _load_kv_block(k_desc, lo * BN, kv_col, k_bufs, k_ready, k_empty, it, STAGES)
+            for j in range(lo + 1, hi):
+                k = it + j - lo
+                _load_kv_block(k_desc, j * BN, kv_col, k_bufs, k_ready, k_empty, k, STAGES)
+                _load_kv_block(v_desc, (j - 1) * BN, kv_col, v_bufs, v_ready, v_empty, k - 1, STAGES)
+            _load_kv_block(v_desc, (hi - 1) * BN, kv_col, v_bufs, v_ready, v_empty, it + hi - lo - 1, STAGES)
+            it += hi - lo
         cnt += 1
 
 
@@ -167,7 +177,7 @@ def _turn_pass(turns, WG: gl.constexpr, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, kv_empty, turns,
+def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
                       o_ptr, po_ptr, plse_ptr, s_ot, rank, grid, n_items, H, n_mblocks, n_splits, Lq, Lk, qk_scale,
                       WG: gl.constexpr, D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):
@@ -205,6 +215,7 @@ def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready
             _turn_pass(turns, WG, PINGPONG)
             tk += 1
             s = warpgroup_mma_wait(0, deps=(s,))
+            mbarrier.arrive(k_empty.index(st), count=1)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, lo, full_blocks, diag, Lk, qk_scale, COL, BN, CAUSAL)
             p16 = gl.convert_layout(p.to(dtype), P_L)
             for jj in range(1, n):
@@ -215,31 +226,35 @@ def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready
                 mbarrier.wait(k_ready.index(stn), (cur // STAGES) & 1)
                 _turn_wait(turns, tk, WG, PINGPONG)
                 s = warpgroup_mma(q, k_bufs.index(stn).permute((1, 0)), s0, use_acc=False, is_async=True)
+                # O's rescale for block j-1 runs while QK^T does (FA3's order), not between two GEMMs
+                acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
                 mbarrier.wait(v_ready.index(stp), ((cur - 1) // STAGES) & 1)
                 acc = warpgroup_mma(p16, v_bufs.index(stp), acc, is_async=True)
                 _turn_pass(turns, WG, PINGPONG)
                 tk += 1
                 s = warpgroup_mma_wait(1, deps=(s,))
+                # K_j is consumed: its stage refills during this softmax and the PV
+                mbarrier.arrive(k_empty.index(stn), count=1)
                 # softmax of block j while PV_{j-1} runs on the tensor cores
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, lo + jj, full_blocks, diag, Lk, qk_scale,
                                                    COL, BN, CAUSAL)
                 p16n = gl.convert_layout(p.to(dtype), P_L)
                 acc = warpgroup_mma_wait(0, deps=(acc,))
-                mbarrier.arrive(kv_empty.index(stp), count=1)
-                acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
+                mbarrier.arrive(v_empty.index(stp), count=1)
                 p16 = p16n
             # every QK^T of the item has completed: Q's buffer may take the next item's (released
             # here, once per item, not inside the loop: each arrive costs a warpgroup barrier)
             mbarrier.arrive(q_empty, count=1)
             last = it + n - 1
             stl = last % STAGES
+            acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
             mbarrier.wait(v_ready.index(stl), (last // STAGES) & 1)
             _turn_wait(turns, tk, WG, PINGPONG)
             acc = warpgroup_mma(p16, v_bufs.index(stl), acc, is_async=True)
             _turn_pass(turns, WG, PINGPONG)
             tk += 1
             acc = warpgroup_mma_wait(0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(stl), count=1)
+            mbarrier.arrive(v_empty.index(stl), count=1)
             it += n
         else:
             mbarrier.arrive(q_empty, count=1)   # an empty split: Q unused, partial = (0, -inf)
@@ -389,6 +404,7 @@ def pod_hopper_kernel(
         kr_p = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         vr_p = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         ke_p = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        ve_p = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         turns_p = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         mbarrier.init(bars_p.index(0), count=1)        # Q ready (TMA transaction)
         mbarrier.init(bars_p.index(1), count=2)        # Q empty (both consumer warpgroups)
@@ -397,7 +413,8 @@ def pod_hopper_kernel(
         for i in gl.static_range(STAGES):
             mbarrier.init(kr_p.index(i), count=1)
             mbarrier.init(vr_p.index(i), count=1)
-            mbarrier.init(ke_p.index(i), count=2)
+            mbarrier.init(ke_p.index(i), count=2)     # K stage empty (both consumer warpgroups)
+            mbarrier.init(ve_p.index(i), count=2)     # V stage empty
     if HAS_D:
         dt_d: gl.constexpr = qd_desc.dtype
         q_d = gl.allocate_shared_memory(dt_d, [BH, D], qd_desc.layout)
@@ -417,17 +434,17 @@ def pod_hopper_kernel(
 
     if HAS_P and HAS_D:
         gl.warp_specialize([
-            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, turns_p,
+            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, ve_p, turns_p,
                                  op_ptr, pop_ptr, plsep_ptr, s_opt, rank, grid, n_p_items, H, n_mblocks,
                                  n_splits_p, Lq, Lk, qk_scale, 0, D, BM, BN, STAGES, CAUSAL, PINGPONG)),
-            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, turns_p,
+            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, ve_p, turns_p,
                                  op_ptr, pop_ptr, plsep_ptr, s_opt, rank, grid, n_p_items, H, n_mblocks,
                                  n_splits_p, Lq, Lk, qk_scale, 1, D, BM, BN, STAGES, CAUSAL, PINGPONG)),
             (_decode_consumer, (q_d, k_d, v_d, bars_d.index(0), bars_d.index(1), kr_d, vr_d, ke_d,
                                 od_ptr, pod_ptr, plsed_ptr, seqlens_ptr, rank, grid, n_d_items, B, H, GROUP, HKV,
                                 n_hblocks, n_splits_d, qk_scale, D, BH, BND, DSTAGES)),
             (_prefill_producer, (qp_desc, kp_desc, vp_desc, q_p, k_p, v_p, bars_p.index(0), bars_p.index(1),
-                                 kr_p, vr_p, ke_p, rank, grid, n_p_items, H, GROUP, n_mblocks, n_splits_p,
+                                 kr_p, vr_p, ke_p, ve_p, rank, grid, n_p_items, H, GROUP, n_mblocks, n_splits_p,
                                  Lq, Lk, D, BM, BN, STAGES, CAUSAL)),
             (_decode_producer, (qd_desc, kd_desc, vd_desc, q_d, k_d, v_d, bars_d.index(0), bars_d.index(1),
                                 kr_d, vr_d, ke_d, seqlens_ptr, rank, grid, n_d_items, H, GROUP, HKV, n_hblocks,
@@ -435,14 +452,14 @@ def pod_hopper_kernel(
         ], [4, 4, 1, 1], [P_REGS, D_REGS, L_REGS, L_REGS])
     elif HAS_P:
         gl.warp_specialize([
-            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, turns_p,
+            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, ve_p, turns_p,
                                  op_ptr, pop_ptr, plsep_ptr, s_opt, rank, grid, n_p_items, H, n_mblocks,
                                  n_splits_p, Lq, Lk, qk_scale, 0, D, BM, BN, STAGES, CAUSAL, PINGPONG)),
-            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, turns_p,
+            (_prefill_consumer, (q_p, k_p, v_p, bars_p.index(0), bars_p.index(1), kr_p, vr_p, ke_p, ve_p, turns_p,
                                  op_ptr, pop_ptr, plsep_ptr, s_opt, rank, grid, n_p_items, H, n_mblocks,
                                  n_splits_p, Lq, Lk, qk_scale, 1, D, BM, BN, STAGES, CAUSAL, PINGPONG)),
             (_prefill_producer, (qp_desc, kp_desc, vp_desc, q_p, k_p, v_p, bars_p.index(0), bars_p.index(1),
-                                 kr_p, vr_p, ke_p, rank, grid, n_p_items, H, GROUP, n_mblocks, n_splits_p,
+                                 kr_p, vr_p, ke_p, ve_p, rank, grid, n_p_items, H, GROUP, n_mblocks, n_splits_p,
                                  Lq, Lk, D, BM, BN, STAGES, CAUSAL)),
         ], [4, 1], [P_REGS, L_REGS])
     else:
