@@ -139,7 +139,10 @@ def time_variants(out: str, shapes: int | None = None, variants=None, device: st
         for label, method, options, switches in todo:
             line = {"row_key": key, "method": label}
             try:
-                inst = registry.create(method, **options)
+                # the switches are our Triton kernel's: its prefill, not the Gluon Hopper one
+                # that prefill_kernel "auto" would run on sm_90
+                extra = {"prefill_kernel": "triton"} if method.startswith(("OURS", "POD")) else {}
+                inst = registry.create(method, **extra, **options)
                 reason = inst.unavailable_reason(dev)
                 res = ({"status": "unavailable", "reason": reason} if reason else
                        run_method(SwitchedMethod(inst, switches), batch, lambda: ref, dev, timing))

@@ -13,7 +13,8 @@ the two and that every rule still gives its YAML.
 A rule is one part or a list of ``parts`` whose rows are concatenated (a row already chosen by an
 earlier part is not repeated). A part reads ``results/tables/figure11.csv``, or with ``table`` the
 figure-11 table as committed at that commit (read from git: the part depends on timings that have
-been measured again since), and keeps the rows that pass all of its filters:
+been measured again since), or with ``path`` another table file of the repository (e.g. a GPU
+tree's figure-11 table), and keeps the rows that pass all of its filters:
 
 - ``kept``: ``True``: the batches that table's figure-11 filter keeps (each FlashAttention-2 part at
   least 20% of ``FA_Serial``); ``"as_run"``: the batches the committed table's filter kept when the
@@ -146,6 +147,8 @@ SELECTIONS = {
                       dict(model="llama-3-8b", prefill_len=2048, prefill_kv_len=20480, decode_batch=0)]),
     ]),
     "pod_decode_stages": dict(study="pod_decode_tiles"),
+    # every batch the H200's figure-11 grid (timed with queue_ahead) kept, in context order
+    "figure11_h200_kept": dict(path="results/h200/tables/figure11_queue_ahead.csv", kept=True, order=BY_CONTEXT),
 }
 
 # Studies whose configs are the list as run: no rule over a committed table regenerates them.
@@ -229,7 +232,12 @@ def _key(config: dict) -> tuple:
 
 
 def _part_rows(part: dict, table: pd.DataFrame | None, chosen: set) -> pd.DataFrame:
-    t = figure11_table(part["table"]) if "table" in part else (pd.read_csv(TABLE) if table is None else table)
+    if "path" in part:
+        t = pd.read_csv(ROOT / part["path"])
+    elif "table" in part:
+        t = figure11_table(part["table"])
+    else:
+        t = pd.read_csv(TABLE) if table is None else table
     t = _derived(t)
     keep = pd.Series(True, index=t.index)
     keep &= ~t["row_key"].isin(part.get("drop", []))

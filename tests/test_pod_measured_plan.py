@@ -95,3 +95,63 @@ def test_pod_measured_times_with_the_harness_timer_on_the_cpu():
     (choice,) = pod.measured.values()
     assert set(choice.predicted_ms) == {"serial", "fused2", "fused4"} and all(t > 0 for t in choice.predicted_ms.values())
     assert check_outputs(out, reference_outputs(batch), spec.dtype).ok
+
+
+def _hopper_stand_in(monkeypatch, seen):
+    """Make ``prepare_prefill`` (the Gluon Hopper prefill, sm_90 only) available on the CPU: its launch
+    is stood in for by the reference prefill, its plan is the real Hopper plan of the batch."""
+    import kernels.adapters.pod_triton as adapter
+    from kernels.hopper.plan import MODE_PREFILL, make_plan
+
+    def prepare_prefill(batch, config=None):
+        plan = make_plan(batch.spec, 132, MODE_PREFILL)
+
+        def run():
+            seen.append("hopper prefill")
+            return {"prefill": reference_outputs(batch)["prefill"].to(batch.q.dtype)}
+        return run, plan.as_dict()
+    monkeypatch.setattr(adapter, "prepare_prefill", prepare_prefill)
+
+
+def test_prefill_kernel_picks_the_hopper_prefill_where_it_runs(monkeypatch):
+    """prefill_kernel auto: the serial path's prefill is the Gluon Hopper one where it runs (its impl
+    says so, and our Triton decode follows it), the Triton one where it does not (here: the CPU)."""
+    batch = HybridBatch.allocate(SPEC, "cpu", seed=5)
+    pre = create("OURS_prefill")
+    pre.prepare(batch)
+    assert pre.info()["impl"].startswith("triton")          # no sm_90 GPU here: the portable prefill
+    with pytest.raises(Exception, match="prefill_kernel 'hopper'.*sm_90"):
+        create("OURS_Serial", prefill_kernel="hopper").prepare(batch)
+    with pytest.raises(ValueError, match="prefill_kernel"):
+        PodConfig(prefill_kernel="cuda")
+
+    seen = []
+    _hopper_stand_in(monkeypatch, seen)
+    pre = create("OURS_prefill")
+    out = pre.prepare(batch)()
+    assert seen == ["hopper prefill"] and set(out) == {"prefill"}
+    assert pre.info()["impl"].startswith("gluon hopper prefill bn")
+    ser = create("OURS_Serial")
+    run = ser.prepare(batch)
+    assert ser.info()["impl"].startswith("serial gluon hopper prefill bn") and ser.info()["impl"].endswith("triton decode")
+    assert len(run.launch_states) == 1 and run.launch_states[0].plan.mode == 1   # only the decode is ours
+    chk = check_outputs(run(), reference_outputs(batch), SPEC.dtype)
+    assert chk.ok and seen == ["hopper prefill"] * 2, chk.reason
+    # prefill_kernel triton keeps the Triton prefill even where the Hopper one runs
+    tri = create("OURS_Serial", prefill_kernel="triton")
+    assert len(tri.prepare(batch).launch_states) == 2 and tri.info()["impl"] == "triton"
+
+
+def test_pod_measured_serial_candidate_uses_the_hopper_prefill(monkeypatch):
+    """POD's serial candidate is our serial as it runs here, so with the Hopper prefill available the
+    measured plan weighs the fused launches against it, and impl names the prefill that ran."""
+    seen = []
+    _hopper_stand_in(monkeypatch, seen)
+    batch = HybridBatch.allocate(SPEC, "cpu", seed=5)
+    calls = []
+    pod = create("POD", plan="measured")
+    pod.measure = fake_measure({"serial": 0.5, "fused2": 1.1, "fused4": 1.2}, calls)
+    run = pod.prepare(batch)
+    impl = pod.info()["impl"]
+    assert impl.startswith("serial gluon hopper prefill") and "plan measured: measured serial 0.5 vs fused2" in impl
+    assert check_outputs(run(), reference_outputs(batch), SPEC.dtype).ok and seen == ["hopper prefill"]

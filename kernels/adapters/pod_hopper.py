@@ -51,12 +51,31 @@ class _Hopper(Method):
     def info(self):
         """impl names the variant and plan, e.g. 'gluon hopper pod bn64x3/dn32x3 split 1/4 grid 132'."""
         p = self.last_plan
-        if not p:
-            return {"impl": "gluon hopper", "plan": p}
-        t = p["tiles"]
-        impl = (f"gluon hopper {t['mode']} bn{t['block_n']}x{t['stages']}/dn{t['decode_n']}x{t['decode_stages']}"
-                f"{' pingpong' if t['pingpong'] else ''} split {p['n_splits_p']}/{p['n_splits_d']} grid {p['grid']}")
-        return {"impl": impl, "plan": p}
+        return {"impl": impl_text(p) if p else "gluon hopper", "plan": p}
+
+
+def impl_text(plan: dict) -> str:
+    """The impl column of a Hopper plan dict (``HopperPlan.as_dict``)."""
+    t = plan["tiles"]
+    return (f"gluon hopper {t['mode']} bn{t['block_n']}x{t['stages']}/dn{t['decode_n']}x{t['decode_stages']}"
+            f"{' pingpong' if t['pingpong'] else ''} split {plan['n_splits_p']}/{plan['n_splits_d']} grid {plan['grid']}")
+
+
+def prepare_prefill(batch, config: HopperConfig | None = None):
+    """(the Hopper prefill alone's launch for ``batch``, its plan dict), or (None, why not) when it
+    cannot run here or on this batch (no sm_90 GPU, no Gluon, a layout it does not take)."""
+    from kernels.hopper.launch import HopperLaunch, num_sms, shape_unsupported, unavailable_reason
+    why = unavailable_reason(batch.device, "the Hopper prefill")
+    if why:
+        return None, why
+    try:
+        plan = make_plan(batch.spec, num_sms(batch.device), MODE_PREFILL, config or HopperConfig())
+    except ValueError as e:
+        return None, str(e)
+    why = shape_unsupported(batch, plan)
+    if why:
+        return None, why
+    return HopperLaunch(batch, plan), plan.as_dict()
 
 
 @register

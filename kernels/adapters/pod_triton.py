@@ -8,6 +8,9 @@ first time a batch shape is prepared and the fastest is kept for that shape (``p
 Triton's autotuner does; ``plan: model`` asks the device's calibrated cost model
 (kernels/pod/calibration.py) instead; ``plan: thresholds`` (the former H100-fit rule) always fuses.
 ``impl`` says which ran and why (the times, or the predictions and the calibration used).
+The serial path's prefill (OURS_prefill, OURS_Serial, OURS_Streams, POD's serial candidate) is the
+Gluon Hopper prefill (kernels/hopper) where it runs, under ``prefill_kernel: auto``; ``impl`` then
+names it ("gluon hopper prefill ...").
 """
 from __future__ import annotations
 
@@ -19,7 +22,10 @@ from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, i
                                 prepare_launch, prepare_serial, smem_per_block, tma_capable)
 from kernels.pod.plan import (BINDINGS, ExecutionChoice, PodConfig, choose_execution, make_plan, measured_choice,
                               plan_key)
+from kernels.adapters.pod_hopper import impl_text, prepare_prefill
 from kernels.registry import Method, MethodUnavailable, register
+
+HOPPER = "gluon-hopper"   # a plan dict's "kernel" when the Gluon Hopper prefill runs it
 
 
 class _TritonPod(Method):
@@ -71,9 +77,28 @@ class _TritonPod(Method):
         return make_plan(batch.spec, mode, num_sms(batch.device), config or self.config, kind, calibration=cal,
                          smem_limit=smem_per_block(batch.device))
 
+    def _hopper_prefill(self, batch):
+        """(launch, plan dict) of the Gluon Hopper prefill when ``prefill_kernel`` asks for it and it
+        runs on this batch here, else None (``auto``: the Triton prefill serves)."""
+        want = self.config.prefill_kernel
+        if want == "triton" or not batch.spec.has_prefill:
+            return None
+        run, plan = prepare_prefill(batch)
+        if run is None:
+            if want == "hopper":
+                raise MethodUnavailable(f"{self.name}: prefill_kernel 'hopper': {plan}")
+            return None
+        return run, {"kernel": HOPPER, **plan}
+
     def _prepare_serial(self, batch, paged, **record):
         """Our prefill launch then our decode launch (OURS_Serial's), on two streams if ``streams``."""
-        plan_p, plan_d = self._plan(batch, MODE_PREFILL), self._plan(batch, MODE_DECODE)
+        plan_d = self._plan(batch, MODE_DECODE)
+        hopper = self._hopper_prefill(batch)
+        if hopper:
+            run_p, plan_p = hopper
+            self.last_plan = {"prefill": plan_p, "decode": plan_d.as_dict(), **record}
+            return prepare_serial(batch, None, plan_d, paged, streams=self.streams, run_p=run_p)
+        plan_p = self._plan(batch, MODE_PREFILL)
         self.last_plan = {"prefill": plan_p.as_dict(), "decode": plan_d.as_dict(), **record}
         return prepare_serial(batch, plan_p, plan_d, paged, streams=self.streams)
 
@@ -81,6 +106,11 @@ class _TritonPod(Method):
         paged = self.config.kv_layout == "paged"
         if self.serial:
             return self._prepare_serial(batch, paged)
+        if self.mode == MODE_PREFILL:
+            hopper = self._hopper_prefill(batch)
+            if hopper:
+                run, self.last_plan = hopper
+                return run
         if self.mode != MODE_POD:
             plan = self._plan(batch, self.mode)
             self.last_plan = plan.as_dict()
@@ -146,6 +176,10 @@ class _TritonPod(Method):
         p = self.last_plan
         choice = ExecutionChoice(**p["choice"]) if p and p.get("choice") else None
         why = f" ({choice.describe()})" if choice and choice.rule != "fixed" else ""
+        if p.get("kernel") == HOPPER:
+            return {"impl": impl_text(p), "plan": p}
+        if p.get("prefill", {}).get("kernel") == HOPPER:
+            return {"impl": f"serial {impl_text(p['prefill'])} + triton decode{why}", "plan": p}
         if not p or "mode" not in p:
             tma = " tma" if p.get("prefill", {}).get("prefill_tma") else ""
             return {"impl": ("triton serial" if choice else "triton") + tma + why, "plan": p}

@@ -184,13 +184,16 @@ def prepare_launch(batch: HybridBatch, plan: LaunchPlan, paged: bool = False,
     return run
 
 
-def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan, plan_d: LaunchPlan, paged: bool = False,
-                   streams: bool = False):
-    """Prefill launch then decode launch (own tiles each), on one stream or on two streams. The
-    callable's ``launch_states`` are the two launches' states (one launch has ``launch_state``)."""
-    run_p = prepare_launch(batch, plan_p, paged)
+def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan | None, plan_d: LaunchPlan, paged: bool = False,
+                   streams: bool = False, run_p=None):
+    """Prefill launch then decode launch (own tiles each), on one stream or on two streams.
+    ``run_p``, a prepared prefill callable of another kernel (the Gluon Hopper prefill), replaces
+    ``plan_p``'s. The callable's ``launch_states`` are the states of this family's launches in it
+    (one launch has ``launch_state``)."""
+    if run_p is None:
+        run_p = prepare_launch(batch, plan_p, paged)
     run_d = prepare_launch(batch, plan_d, paged)
-    states = (run_p.launch_state, run_d.launch_state)
+    states = tuple(r.launch_state for r in (run_p, run_d) if hasattr(r, "launch_state"))
     if not streams:
         def run():
             out = run_p()

@@ -27,6 +27,7 @@ PLAN_RULES = ("model", "thresholds", "measured")
 # What "measured" keys its decisions on: "exact" shapes, or each length rounded up to a power of two
 # ("pow2": a serving engine whose every iteration differs measures once per bucket)
 PLAN_KEYS = ("exact", "pow2")
+PREFILL_KERNELS = ("auto", "triton", "hopper")
 # A fused launch must be predicted this much faster than serial to be chosen: the timing noise of
 # the bar "never slower than our own serial" (issue 17), so a near tie runs the two launches
 DEFAULT_FUSE_MARGIN = 0.02
@@ -158,6 +159,13 @@ class PodConfig:
     fuse_margin: float = DEFAULT_FUSE_MARGIN  # "model"/"measured": fused must be this fraction faster
     plan_key: str = "exact"                  # "measured": "exact" | "pow2" (see PLAN_KEYS)
     machine_balance: float | None = None     # FLOP/byte for the "thresholds" rule
+    # the prefill launch of the serial path (OURS_prefill, OURS_Serial, OURS_Streams and POD's serial
+    # candidate): "auto" runs the Gluon Hopper prefill (kernels/hopper) where it runs (sm_90, Gluon,
+    # the batch's layout) and this family's Triton prefill elsewhere; "triton" always the Triton one
+    # (the portable path, and the one every fused launch of this family runs); "hopper" only the
+    # Gluon one (unavailable elsewhere). On the H200 the Gluon prefill ran at 0.96x FlashInfer fa3's
+    # median rate, the Triton one at 0.76x (results/h200/raw/hopper_prefill_rate)
+    prefill_kernel: str = "auto"
 
     def __post_init__(self):
         if self.binding not in BINDINGS:
@@ -185,6 +193,9 @@ class PodConfig:
             raise ValueError("kv_layout must be 'dense' or 'paged'")
         if self.decode_stages is not None and (not isinstance(self.decode_stages, int) or self.decode_stages < 1):
             raise ValueError(f"decode_stages must be a positive int or None, got {self.decode_stages!r}")
+        if self.prefill_kernel not in PREFILL_KERNELS:
+            raise ValueError(f"prefill_kernel must be one of {', '.join(map(repr, PREFILL_KERNELS))}, "
+                             f"got {self.prefill_kernel!r}")
         if self.prefill_loads not in ("tma", "pointer"):
             raise ValueError(f"prefill_loads must be 'pointer' or 'tma', got {self.prefill_loads!r}")
         if self.prefill_loads == "tma" and self.kv_layout == "paged":
