@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 # "measured serial 2.123 vs fused2 2.081 ms" or "measured fused4 0.8102 < serial 0.8955 ms"
-_SERIAL = re.compile(r"measured serial ([\d.eE+-]+) vs (fused\d) ([\d.eE+-]+) ms")
-_FUSED = re.compile(r"measured (fused\d) ([\d.eE+-]+) < serial ([\d.eE+-]+) ms")
+# ("hopper": the fused Gluon Hopper kernel)
+_SERIAL = re.compile(r"measured serial ([\d.eE+-]+) vs (fused\d|hopper) ([\d.eE+-]+) ms")
+_FUSED = re.compile(r"measured (fused\d|hopper) ([\d.eE+-]+) < serial ([\d.eE+-]+) ms")
 
 
 def decision_times(impl: str) -> dict | None:

@@ -10,6 +10,8 @@ def test_decision_times_parse_both_forms():
         "winner": "serial", "winner_ms": 2.123, "serial_ms": 2.123}
     assert decision_times("triton cps4 ... (plan measured: measured fused4 0.8102 < serial 0.8955 ms, key 3)") == {
         "winner": "fused4", "winner_ms": 0.8102, "serial_ms": 0.8955}
+    assert decision_times("gluon hopper pod ... (plan measured: measured hopper 1.1 < serial 1.3 ms, key 3)") == {
+        "winner": "hopper", "winner_ms": 1.1, "serial_ms": 1.3}
     assert decision_times("triton (plan thresholds)") is None
 
 

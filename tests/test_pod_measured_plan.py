@@ -43,7 +43,10 @@ def fake_measure(times, calls):
         measure.seen = dict(fns)
         out = {}
         for label, fn in fns.items():
-            name = "serial" if hasattr(fn, "launch_states") else f"fused{fn.launch_state.plan.ctas_per_sm}"
+            if getattr(fn, "hopper", False):
+                name = "hopper"
+            else:
+                name = "serial" if hasattr(fn, "launch_states") else f"fused{fn.launch_state.plan.ctas_per_sm}"
             assert name == label
             calls.append(name)
             out[label] = times[name]
@@ -98,19 +101,23 @@ def test_pod_measured_times_with_the_harness_timer_on_the_cpu():
 
 
 def _hopper_stand_in(monkeypatch, seen):
-    """Make ``prepare_prefill`` (the Gluon Hopper prefill, sm_90 only) available on the CPU: its launch
-    is stood in for by the reference prefill, its plan is the real Hopper plan of the batch."""
+    """Make ``prepare_hopper`` (the Gluon Hopper kernel, sm_90 only) available on the CPU: its launch
+    is stood in for by the reference outputs of the parts it computes, its plan is the real Hopper
+    plan of the batch."""
     import kernels.adapters.pod_triton as adapter
-    from kernels.hopper.plan import MODE_PREFILL, make_plan
+    from kernels.hopper.plan import make_plan, mode_for
 
-    def prepare_prefill(batch, config=None):
-        plan = make_plan(batch.spec, 132, MODE_PREFILL)
+    def prepare_hopper(batch, mode="prefill", config=None):
+        plan = make_plan(batch.spec, 132, mode_for(batch.spec, mode))
 
         def run():
-            seen.append("hopper prefill")
-            return {"prefill": reference_outputs(batch)["prefill"].to(batch.q.dtype)}
+            seen.append(f"hopper {mode}")
+            ref = reference_outputs(batch)
+            parts = ("prefill",) if mode == "prefill" else ("prefill", "decode")
+            return {p: ref[p].to(batch.q.dtype) for p in parts}
+        run.hopper = True
         return run, plan.as_dict()
-    monkeypatch.setattr(adapter, "prepare_prefill", prepare_prefill)
+    monkeypatch.setattr(adapter, "prepare_hopper", prepare_hopper)
 
 
 def test_prefill_kernel_picks_the_hopper_prefill_where_it_runs(monkeypatch):
@@ -150,8 +157,39 @@ def test_pod_measured_serial_candidate_uses_the_hopper_prefill(monkeypatch):
     batch = HybridBatch.allocate(SPEC, "cpu", seed=5)
     calls = []
     pod = create("POD", plan="measured")
-    pod.measure = fake_measure({"serial": 0.5, "fused2": 1.1, "fused4": 1.2}, calls)
+    pod.measure = fake_measure({"serial": 0.5, "fused2": 1.1, "fused4": 1.2, "hopper": 0.9}, calls)
     run = pod.prepare(batch)
+    assert sorted(calls) == ["fused2", "fused4", "hopper", "serial"]
     impl = pod.info()["impl"]
-    assert impl.startswith("serial gluon hopper prefill") and "plan measured: measured serial 0.5 vs fused2" in impl
+    assert impl.startswith("serial gluon hopper prefill") and "plan measured: measured serial 0.5 vs hopper 0.9" in impl
     assert check_outputs(run(), reference_outputs(batch), SPEC.dtype).ok and seen == ["hopper prefill"]
+
+
+def test_pod_measured_plan_runs_the_fused_hopper_kernel_when_it_wins(monkeypatch):
+    """Where the Hopper kernel runs, its fused launch is a fourth candidate: when it is the fastest
+    it runs, impl says so, and the decision is reused for the key; hopper_fused false leaves it out."""
+    seen = []
+    _hopper_stand_in(monkeypatch, seen)
+    times = {"serial": 1.0, "fused2": 0.9, "fused4": 0.95, "hopper": 0.7}
+    calls = []
+    pod = create("POD", plan="measured")
+    pod.measure = fake_measure(times, calls)
+    run = pod.prepare(batch := HybridBatch.allocate(SPEC, "cpu", seed=5))
+    impl = pod.info()["impl"]
+    assert impl.startswith("gluon hopper pod bn") and "(plan measured: measured hopper 0.7 < serial 1 ms" in impl
+    assert check_outputs(run(), reference_outputs(batch), SPEC.dtype).ok
+    pod.prepare(batch2 := HybridBatch.allocate(SPEC, "cpu", seed=6))()
+    assert len(calls) == 4 and pod.info()["impl"] == impl and seen[-1] == "hopper pod"
+    calls.clear()
+    off = create("POD", plan="measured", hopper_fused=False)
+    off.measure = fake_measure(times, calls)
+    off.prepare(batch2)
+    assert sorted(calls) == ["fused2", "fused4", "serial"] and off.info()["impl"].startswith("triton cps2 ")
+    with pytest.raises(ValueError, match="hopper_fused"):
+        PodConfig(hopper_fused="yes")
+
+
+def test_measured_choice_names_the_hopper_kernel():
+    c = measured_choice({"serial": 1.0, "fused2": 0.9, "hopper": 0.8})
+    assert (c.kind, c.ctas_per_sm) == ("hopper", 0) and "measured hopper 0.8 < serial 1 ms" in c.describe()
+    assert measured_choice({"serial": 1.0, "hopper": 0.99}).kind == "serial"

@@ -61,15 +61,16 @@ def impl_text(plan: dict) -> str:
             f"{' pingpong' if t['pingpong'] else ''} split {plan['n_splits_p']}/{plan['n_splits_d']} grid {plan['grid']}")
 
 
-def prepare_prefill(batch, config: HopperConfig | None = None):
-    """(the Hopper prefill alone's launch for ``batch``, its plan dict), or (None, why not) when it
-    cannot run here or on this batch (no sm_90 GPU, no Gluon, a layout it does not take)."""
+def prepare_hopper(batch, mode: str = MODE_PREFILL, config: HopperConfig | None = None):
+    """(the launch of the Hopper kernel's ``mode`` variant for ``batch``, its plan dict), or
+    (None, why not) when it cannot run here or on this batch (no sm_90 GPU, no Gluon, tiles that do
+    not fit this head dim, a layout it does not take)."""
     from kernels.hopper.launch import HopperLaunch, num_sms, shape_unsupported, unavailable_reason
-    why = unavailable_reason(batch.device, "the Hopper prefill")
+    why = unavailable_reason(batch.device, f"the Hopper {mode} kernel")
     if why:
         return None, why
     try:
-        plan = make_plan(batch.spec, num_sms(batch.device), MODE_PREFILL, config or HopperConfig())
+        plan = make_plan(batch.spec, num_sms(batch.device), mode_for(batch.spec, mode), config or HopperConfig())
     except ValueError as e:
         return None, str(e)
     why = shape_unsupported(batch, plan)

@@ -22,7 +22,7 @@ from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, i
                                 prepare_launch, prepare_serial, smem_per_block, tma_capable)
 from kernels.pod.plan import (BINDINGS, ExecutionChoice, PodConfig, choose_execution, make_plan, measured_choice,
                               plan_key)
-from kernels.adapters.pod_hopper import impl_text, prepare_prefill
+from kernels.adapters.pod_hopper import impl_text, prepare_hopper
 from kernels.registry import Method, MethodUnavailable, register
 
 HOPPER = "gluon-hopper"   # a plan dict's "kernel" when the Gluon Hopper prefill runs it
@@ -83,7 +83,7 @@ class _TritonPod(Method):
         want = self.config.prefill_kernel
         if want == "triton" or not batch.spec.has_prefill:
             return None
-        run, plan = prepare_prefill(batch)
+        run, plan = prepare_hopper(batch, "prefill")
         if run is None:
             if want == "hopper":
                 raise MethodUnavailable(f"{self.name}: prefill_kernel 'hopper': {plan}")
@@ -119,20 +119,28 @@ class _TritonPod(Method):
             choice, fresh = self._measured_choice(batch, paged)
             if fresh is not None:     # this batch's candidates were just prepared: run the winner's
                 runs, plans = fresh
-                name = "serial" if choice.kind == "serial" else f"fused{choice.ctas_per_sm}"
+                name = choice.kind if choice.kind != "fused" else f"fused{choice.ctas_per_sm}"
                 self.last_plan = {**plans[name], "choice": asdict(choice)}
                 return runs[name]
         else:
             choice = choose_execution(batch.spec, self.config, self._calibration(batch.device))
         if choice.kind == "serial":
             return self._prepare_serial(batch, paged, choice=asdict(choice))
+        if choice.kind == "hopper":
+            run, plan = prepare_hopper(batch, "pod")
+            if run is None:
+                raise MethodUnavailable(f"{self.name}: the measured plan chose the Hopper kernel, which cannot run "
+                                        f"this batch: {plan}")
+            self.last_plan = {"kernel": HOPPER, **plan, "choice": asdict(choice)}
+            return run
         plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=choice.ctas_per_sm))
         self.last_plan = {**plan.as_dict(), "choice": asdict(choice)}
         return prepare_launch(batch, plan, paged)
 
     def _measured_choice(self, batch, paged):
-        """Serial or fused 2 or 4 CTAs/SM, whichever ran fastest on this device the first time a
-        batch of this key was prepared (the candidates timed together with ``self.measure``).
+        """Serial, fused 2 or 4 CTAs/SM, or (``hopper_fused``, where it runs) the fused Gluon Hopper
+        kernel, whichever ran fastest on this device the first time a batch of this key was
+        prepared (the candidates timed together with ``self.measure``).
         Returns (choice, None), or on that first time (choice, (the candidates' callables, their
         plan dicts)) so that the winner is not prepared twice."""
         key = plan_key(batch.spec, self.config.plan_key)
@@ -144,6 +152,10 @@ class _TritonPod(Method):
             plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=cps))
             runs[f"fused{cps}"] = prepare_launch(batch, plan, paged)
             plans[f"fused{cps}"] = plan.as_dict()
+        if self.config.hopper_fused and batch.spec.has_prefill and batch.spec.has_decode:
+            run, plan = prepare_hopper(batch, "pod")
+            if run is not None:   # elsewhere (no sm_90, a layout it does not take) not a candidate
+                runs["hopper"], plans["hopper"] = run, {"kernel": HOPPER, **plan}
         times = {name: float(ms) for name, ms in self.measure(runs, batch.device).items()}
         self.measured[key] = measured_choice(times, self.config.fuse_margin, "/".join(map(str, key)))
         return self.measured[key], (runs, plans)
@@ -177,7 +189,7 @@ class _TritonPod(Method):
         choice = ExecutionChoice(**p["choice"]) if p and p.get("choice") else None
         why = f" ({choice.describe()})" if choice and choice.rule != "fixed" else ""
         if p.get("kernel") == HOPPER:
-            return {"impl": impl_text(p), "plan": p}
+            return {"impl": impl_text(p) + why, "plan": p}
         if p.get("prefill", {}).get("kernel") == HOPPER:
             return {"impl": f"serial {impl_text(p['prefill'])} + triton decode{why}", "plan": p}
         if not p or "mode" not in p:

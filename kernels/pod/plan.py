@@ -166,6 +166,9 @@ class PodConfig:
     # Gluon one (unavailable elsewhere). On the H200 the Gluon prefill ran at 0.96x FlashInfer fa3's
     # median rate, the Triton one at 0.76x (results/h200/raw/hopper_prefill_rate)
     prefill_kernel: str = "auto"
+    # plan "measured": where the Gluon Hopper kernel runs (sm_90), its fused launch (both pipelines
+    # in every CTA: POD_hopper) is a fourth candidate beside serial and fused 2 / 4 CTAs per SM
+    hopper_fused: bool = True
 
     def __post_init__(self):
         if self.binding not in BINDINGS:
@@ -193,6 +196,8 @@ class PodConfig:
             raise ValueError("kv_layout must be 'dense' or 'paged'")
         if self.decode_stages is not None and (not isinstance(self.decode_stages, int) or self.decode_stages < 1):
             raise ValueError(f"decode_stages must be a positive int or None, got {self.decode_stages!r}")
+        if not isinstance(self.hopper_fused, bool):
+            raise ValueError(f"hopper_fused must be true or false, got {self.hopper_fused!r}")
         if self.prefill_kernel not in PREFILL_KERNELS:
             raise ValueError(f"prefill_kernel must be one of {', '.join(map(repr, PREFILL_KERNELS))}, "
                              f"got {self.prefill_kernel!r}")
@@ -245,8 +250,8 @@ class ExecutionChoice:
     """How the POD method runs a batch: "serial" (our prefill launch, then our decode launch: what
     OURS_Serial runs) or "fused" (one launch with ``ctas_per_sm`` tiles), and why."""
 
-    kind: str                  # "serial" | "fused"
-    ctas_per_sm: int           # fused: 2 or 4; serial: 0
+    kind: str                  # "serial" | "fused" | "hopper" (the fused Gluon kernel of kernels/hopper)
+    ctas_per_sm: int           # fused: 2 or 4; serial, hopper: 0
     rule: str                  # "model", "measured", "thresholds" or "fixed" (ctas_per_sm given)
     # {"serial": ms, "fused2": ms, "fused4": ms}: the cost model's predictions, or with rule
     # "measured" the times measured on this GPU
@@ -263,7 +268,8 @@ class ExecutionChoice:
         if self.kind == "serial":
             text = f"{how} serial {p['serial']:.4g} vs {fused[1]} {fused[0]:.4g} ms"
         else:
-            text = f"{how} fused{self.ctas_per_sm} {p[f'fused{self.ctas_per_sm}']:.4g} < serial {p['serial']:.4g} ms"
+            won = "hopper" if self.kind == "hopper" else f"fused{self.ctas_per_sm}"
+            text = f"{how} {won} {p[won]:.4g} < serial {p['serial']:.4g} ms"
         source = f"key {self.calibration}" if self.rule == "measured" else f"cal {self.calibration}"
         return f"plan {self.rule}: {text}, {source}"
 
@@ -317,12 +323,15 @@ def plan_key(spec: BatchSpec, how: str = "exact") -> tuple:
 
 
 def measured_choice(times_ms: dict, margin: float = DEFAULT_FUSE_MARGIN, key: str = "") -> ExecutionChoice:
-    """The execution ``times_ms`` ({"serial": ms, "fused2": ms, "fused4": ms}, measured on the GPU)
-    says is fastest: the fastest fused set if it beats serial by at least ``margin``, else serial."""
-    if "serial" not in times_ms or not any(k.startswith("fused") for k in times_ms):
+    """The execution ``times_ms`` ({"serial": ms, "fused2": ms, "fused4": ms[, "hopper": ms]},
+    measured on the GPU) says is fastest: the fastest fused launch if it beats serial by at least
+    ``margin``, else serial."""
+    if "serial" not in times_ms or not any(k.startswith("fused") or k == "hopper" for k in times_ms):
         raise ValueError(f"need a serial and at least one fused time, got {sorted(times_ms)}")
     best_t, best_k = min((t, k) for k, t in times_ms.items() if k != "serial")
     if best_t < (1.0 - margin) * times_ms["serial"]:
+        if best_k == "hopper":
+            return ExecutionChoice("hopper", 0, "measured", dict(times_ms), key)
         return ExecutionChoice("fused", int(best_k.removeprefix("fused")), "measured", dict(times_ms), key)
     return ExecutionChoice("serial", 0, "measured", dict(times_ms), key)
 
