@@ -28,8 +28,9 @@ from kernels.catalogue import BEST_PEERS, DERIVED, PHASES, method_parts
 PEER_PARTS = tuple(p for m in BEST_PEERS for p in DERIVED.get(m, ()))
 
 # studies that re-time figure 11 with queue_ahead, each a subset of its methods timed in one lease:
-# the best-peer and own-serial comparisons, and the fusion baselines beside POD
-RETIMED_FIGURE11 = ("figure11_queue_ahead", "figure11_fusion_baselines")
+# the best-peer and own-serial comparisons, the fusion baselines beside POD, and the best-peer
+# comparison again on the kept batches (with the POD and serial path of a later commit)
+RETIMED_FIGURE11 = ("figure11_queue_ahead", "figure11_fusion_baselines", "figure11_h200_kept")
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ORDER = ["figure1", "figure6", "figure7", "figure10", "figure11", "figure13", "figure14", "table7"]
@@ -196,7 +197,7 @@ def attention_section(name: str, tables: Path) -> list[str]:
                             "Re-timed with it in this tree: " + ", ".join(f"`{r}`" for r in retimed) + " (STUDIES.md); "
                             "the figure-11 claims (CLAIMS.md) read those."]
     lines += summary_table(summary, baseline)
-    if "figure11" in (name, doc.get("extends")):
+    if "figure11" in (name, doc.get("extends")) or name in RETIMED_FIGURE11:
         shares = pod_faster_shares(table)
         if shares:
             lines += ["", "POD faster than, on the kept batches where both were timed "

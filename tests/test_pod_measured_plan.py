@@ -144,9 +144,14 @@ def test_prefill_kernel_picks_the_hopper_prefill_where_it_runs(monkeypatch):
     assert len(run.launch_states) == 1 and run.launch_states[0].plan.mode == 1   # only the decode is ours
     chk = check_outputs(run(), reference_outputs(batch), SPEC.dtype)
     assert chk.ok and seen == ["hopper prefill"] * 2, chk.reason
-    # prefill_kernel triton keeps the Triton prefill even where the Hopper one runs
+    # prefill_kernel triton keeps the Triton prefill even where the Hopper one runs, and so does
+    # auto when an option of the Triton prefill is set (a YAML tuning its tile)
     tri = create("OURS_Serial", prefill_kernel="triton")
     assert len(tri.prepare(batch).launch_states) == 2 and tri.info()["impl"] == "triton"
+    tuned = create("OURS_prefill", block_n=32)
+    assert tuned.prepare(batch).launch_state.plan.tiles.block_n == 32 and tuned.info()["impl"].startswith("triton")
+    with pytest.raises(ValueError, match="takes none of the Triton prefill's options; set: block_n, kv_layout"):
+        PodConfig(prefill_kernel="hopper", block_n=32, kv_layout="paged")
 
 
 def test_pod_measured_serial_candidate_uses_the_hopper_prefill(monkeypatch):

@@ -177,7 +177,8 @@ def test_pod_by_prefill_share_bins_the_kept_batches():
 
 def test_studies_that_extend_figure11_get_its_headline_numbers():
     """A study written as `extends: figure11` is figure 11's grid, so its section carries POD's
-    headline numbers and faster-than shares; a study that does not extend it gets neither."""
+    headline numbers and faster-than shares, as does a re-timing of figure-11 batches
+    (report.RETIMED_FIGURE11); another study gets neither."""
     tables = report.ROOT / "results" / "h200" / "tables"
     text = report.render(["figure11_h100_batches", "hopper_check"], tables, studies=True)
     grid = text.split("## figure11_h100_batches\n", 1)[1].split("\n## ", 1)[0]
@@ -186,6 +187,10 @@ def test_studies_that_extend_figure11_get_its_headline_numbers():
     expected = dict(report.pod_targets(table))
     assert expected and all(f"| {what} | {value} |" in grid for what, value in expected.items())
     assert "POD's headline numbers" not in other
+    # a re-timing of figure 11 written as a list of its batches gets them too
+    kept = report.render(["figure11_h200_kept"], tables, studies=True)
+    expected = dict(report.pod_targets(pd.read_csv(tables / "figure11_h200_kept.csv")))
+    assert expected and all(f"| {what} | {value} |" in kept for what, value in expected.items())
 
 
 def test_figure11_section_points_to_its_queue_ahead_retimings(tmp_path):

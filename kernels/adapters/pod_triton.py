@@ -79,9 +79,10 @@ class _TritonPod(Method):
 
     def _hopper_prefill(self, batch):
         """(launch, plan dict) of the Gluon Hopper prefill when ``prefill_kernel`` asks for it and it
-        runs on this batch here, else None (``auto``: the Triton prefill serves)."""
+        runs on this batch here, else None (``auto``: the Triton prefill serves, as it does when an
+        option of the Triton prefill is set)."""
         want = self.config.prefill_kernel
-        if want == "triton" or not batch.spec.has_prefill:
+        if want == "triton" or not batch.spec.has_prefill or self.config.triton_prefill_options():
             return None
         run, plan = prepare_hopper(batch, "prefill")
         if run is None:

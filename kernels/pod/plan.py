@@ -161,10 +161,11 @@ class PodConfig:
     machine_balance: float | None = None     # FLOP/byte for the "thresholds" rule
     # the prefill launch of the serial path (OURS_prefill, OURS_Serial, OURS_Streams and POD's serial
     # candidate): "auto" runs the Gluon Hopper prefill (kernels/hopper) where it runs (sm_90, Gluon,
-    # the batch's layout) and this family's Triton prefill elsewhere; "triton" always the Triton one
-    # (the portable path, and the one every fused launch of this family runs); "hopper" only the
-    # Gluon one (unavailable elsewhere). On the H200 the Gluon prefill ran at 0.96x FlashInfer fa3's
-    # median rate, the Triton one at 0.76x (results/h200/raw/hopper_prefill_rate)
+    # the batch's layout) unless an option of the Triton prefill is set (``triton_prefill_options``:
+    # a YAML that tunes the Triton tile gets it), else this family's Triton prefill; "triton" always
+    # the Triton one (the portable path, and the one every fused launch of this family runs);
+    # "hopper" only the Gluon one (unavailable elsewhere). On the H200 the Gluon prefill ran at
+    # 0.96x FlashInfer fa3's median rate, the Triton one at 0.76x (results/h200/raw/hopper_prefill_rate)
     prefill_kernel: str = "auto"
     # plan "measured": where the Gluon Hopper kernel runs (sm_90), its fused launch (both pipelines
     # in every CTA: POD_hopper) is a fourth candidate beside serial and fused 2 / 4 CTAs per SM
@@ -201,10 +202,23 @@ class PodConfig:
         if self.prefill_kernel not in PREFILL_KERNELS:
             raise ValueError(f"prefill_kernel must be one of {', '.join(map(repr, PREFILL_KERNELS))}, "
                              f"got {self.prefill_kernel!r}")
+        if self.prefill_kernel == "hopper" and self.triton_prefill_options():
+            raise ValueError(f"prefill_kernel 'hopper' takes none of the Triton prefill's options; set: "
+                             f"{', '.join(self.triton_prefill_options())}")
         if self.prefill_loads not in ("tma", "pointer"):
             raise ValueError(f"prefill_loads must be 'pointer' or 'tma', got {self.prefill_loads!r}")
         if self.prefill_loads == "tma" and self.kv_layout == "paged":
             raise ValueError("prefill_loads 'tma' needs kv_layout 'dense': a KV block spans several pages")
+
+
+    def triton_prefill_options(self) -> list[str]:
+        """The options set that only the Triton prefill takes (tiles, loads, a paged KV layout)."""
+        names = [n for n in ("block_m", "block_n", "num_warps", "num_stages", "maxnreg") if getattr(self, n) is not None]
+        if self.prefill_loads != "pointer":
+            names.append("prefill_loads")
+        if self.kv_layout != "dense":
+            names.append("kv_layout")
+        return names
 
 
 @dataclass(frozen=True)
