@@ -150,6 +150,8 @@ def test_prefill_kernel_picks_the_hopper_prefill_where_it_runs(monkeypatch):
     assert len(tri.prepare(batch).launch_states) == 2 and tri.info()["impl"] == "triton"
     tuned = create("OURS_prefill", block_n=32)
     assert tuned.prepare(batch).launch_state.plan.tiles.block_n == 32 and tuned.info()["impl"].startswith("triton")
+    assert create("OURS_Serial", decode_split=2).prepare(batch).launch_states[0].plan.mode == 0
+    assert PodConfig(decode_split=2, plan="measured", fuse_margin=0.05).tuned_options() == ["decode_split"]
     with pytest.raises(ValueError, match="takes none of the Triton prefill's options; set: block_n, kv_layout"):
         PodConfig(prefill_kernel="hopper", block_n=32, kv_layout="paged")
 
@@ -185,11 +187,13 @@ def test_pod_measured_plan_runs_the_fused_hopper_kernel_when_it_wins(monkeypatch
     assert check_outputs(run(), reference_outputs(batch), SPEC.dtype).ok
     pod.prepare(batch2 := HybridBatch.allocate(SPEC, "cpu", seed=6))()
     assert len(calls) == 4 and pod.info()["impl"] == impl and seen[-1] == "hopper pod"
-    calls.clear()
-    off = create("POD", plan="measured", hopper_fused=False)
-    off.measure = fake_measure(times, calls)
-    off.prepare(batch2)
-    assert sorted(calls) == ["fused2", "fused4", "serial"] and off.info()["impl"].startswith("triton cps2 ")
+    # hopper_fused false, or a Triton knob set (table 7's split), leaves it out
+    for options in ({"hopper_fused": False}, {"prefill_split": "vanilla"}):
+        calls.clear()
+        off = create("POD", plan="measured", **options)
+        off.measure = fake_measure(times, calls)
+        off.prepare(batch2)
+        assert sorted(calls) == ["fused2", "fused4", "serial"] and off.info()["impl"].startswith("triton cps2 ")
     with pytest.raises(ValueError, match="hopper_fused"):
         PodConfig(hopper_fused="yes")
 

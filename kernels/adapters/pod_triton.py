@@ -25,7 +25,7 @@ from kernels.pod.plan import (BINDINGS, ExecutionChoice, PodConfig, choose_execu
 from kernels.adapters.pod_hopper import impl_text, prepare_hopper
 from kernels.registry import Method, MethodUnavailable, register
 
-HOPPER = "gluon-hopper"   # a plan dict's "kernel" when the Gluon Hopper prefill runs it
+HOPPER = "gluon-hopper"   # a plan dict's "kernel" when a launch of the Gluon Hopper kernel (kernels/hopper) runs it
 
 
 class _TritonPod(Method):
@@ -80,9 +80,9 @@ class _TritonPod(Method):
     def _hopper_prefill(self, batch):
         """(launch, plan dict) of the Gluon Hopper prefill when ``prefill_kernel`` asks for it and it
         runs on this batch here, else None (``auto``: the Triton prefill serves, as it does when an
-        option of the Triton prefill is set)."""
+        option of the Triton launches is set)."""
         want = self.config.prefill_kernel
-        if want == "triton" or not batch.spec.has_prefill or self.config.triton_prefill_options():
+        if want == "triton" or not batch.spec.has_prefill or (want == "auto" and self.config.tuned_options()):
             return None
         run, plan = prepare_hopper(batch, "prefill")
         if run is None:
@@ -153,7 +153,8 @@ class _TritonPod(Method):
             plan = self._plan(batch, MODE_POD, config=replace(self.config, ctas_per_sm=cps))
             runs[f"fused{cps}"] = prepare_launch(batch, plan, paged)
             plans[f"fused{cps}"] = plan.as_dict()
-        if self.config.hopper_fused and batch.spec.has_prefill and batch.spec.has_decode:
+        if (self.config.hopper_fused and not self.config.tuned_options() and batch.spec.has_prefill
+                and batch.spec.has_decode):
             run, plan = prepare_hopper(batch, "pod")
             if run is not None:   # elsewhere (no sm_90, a layout it does not take) not a candidate
                 runs["hopper"], plans["hopper"] = run, {"kernel": HOPPER, **plan}

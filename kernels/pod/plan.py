@@ -5,7 +5,7 @@ Pure Python (no GPU needed), so the choices are unit-tested on the CPU.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from kernels.common.splitkv import flash_split_heuristic  # noqa: F401  (re-exported: tests, scripts)
 from kernels.shapes import dtype_bytes
@@ -161,14 +161,15 @@ class PodConfig:
     machine_balance: float | None = None     # FLOP/byte for the "thresholds" rule
     # the prefill launch of the serial path (OURS_prefill, OURS_Serial, OURS_Streams and POD's serial
     # candidate): "auto" runs the Gluon Hopper prefill (kernels/hopper) where it runs (sm_90, Gluon,
-    # the batch's layout) unless an option of the Triton prefill is set (``triton_prefill_options``:
-    # a YAML that tunes the Triton tile gets it), else this family's Triton prefill; "triton" always
+    # the batch's layout) unless an option of the Triton launches is set (``tuned_options``: a YAML
+    # that tunes them gets them), else this family's Triton prefill; "triton" always
     # the Triton one (the portable path, and the one every fused launch of this family runs);
     # "hopper" only the Gluon one (unavailable elsewhere). On the H200 the Gluon prefill ran at
     # 0.96x FlashInfer fa3's median rate, the Triton one at 0.76x (results/h200/raw/hopper_prefill_rate)
     prefill_kernel: str = "auto"
-    # plan "measured": where the Gluon Hopper kernel runs (sm_90), its fused launch (both pipelines
-    # in every CTA: POD_hopper) is a fourth candidate beside serial and fused 2 / 4 CTAs per SM
+    # plan "measured": where the Gluon Hopper kernel runs (sm_90) and no option of the Triton launches
+    # is set (``tuned_options``), its fused launch (both pipelines in every CTA: POD_hopper) is a
+    # fourth candidate beside serial and fused 2 / 4 CTAs per SM
     hopper_fused: bool = True
 
     def __post_init__(self):
@@ -210,6 +211,14 @@ class PodConfig:
         if self.prefill_loads == "tma" and self.kv_layout == "paged":
             raise ValueError("prefill_loads 'tma' needs kv_layout 'dense': a KV block spans several pages")
 
+
+    def tuned_options(self) -> list[str]:
+        """The options set away from their defaults that tune this family's Triton launches (all but
+        the plan's own). Where any is set, ``prefill_kernel: auto`` and ``hopper_fused`` keep to the
+        Triton kernels, so a YAML comparing Triton knobs (table 7's splits, figure 14's policies)
+        compares them and not the Hopper kernel."""
+        plan_own = {"plan", "fuse_margin", "plan_key", "machine_balance", "prefill_kernel", "hopper_fused", "ctas_per_sm"}
+        return [f.name for f in fields(self) if f.name not in plan_own and getattr(self, f.name) != f.default]
 
     def triton_prefill_options(self) -> list[str]:
         """The options set that only the Triton prefill takes (tiles, loads, a paged KV layout)."""
