@@ -36,17 +36,11 @@ class _Hopper(Method):
             raise MethodUnavailable(reason)
         if self.mode != MODE_POD:
             self.require_parts(batch)
-        from kernels.hopper.launch import HopperLaunch, num_sms, shape_unsupported
-        mode = mode_for(batch.spec, self.mode)
-        try:
-            plan = make_plan(batch.spec, num_sms(batch.device), mode, self.config)
-        except ValueError as e:   # tiles that do not fit this head dim / shared memory
-            raise MethodUnavailable(f"{self.name}: {e}") from e
-        why = shape_unsupported(batch, plan)
-        if why:
-            raise MethodUnavailable(f"{self.name}: {why}")
-        self.last_plan = plan.as_dict()
-        return HopperLaunch(batch, plan)
+        run, plan = prepare_hopper(batch, self.mode, self.config, what=self.name)
+        if run is None:
+            raise MethodUnavailable(plan)
+        self.last_plan = plan
+        return run
 
     def info(self):
         """impl names the variant and plan, e.g. 'gluon hopper pod bn64x3/dn32x3 split 1/4 grid 132'."""
@@ -61,21 +55,22 @@ def impl_text(plan: dict) -> str:
             f"{' pingpong' if t['pingpong'] else ''} split {plan['n_splits_p']}/{plan['n_splits_d']} grid {plan['grid']}")
 
 
-def prepare_hopper(batch, mode: str = MODE_PREFILL, config: HopperConfig | None = None):
+def prepare_hopper(batch, mode: str = MODE_PREFILL, config: HopperConfig | None = None, what: str | None = None):
     """(the launch of the Hopper kernel's ``mode`` variant for ``batch``, its plan dict), or
-    (None, why not) when it cannot run here or on this batch (no sm_90 GPU, no Gluon, tiles that do
-    not fit this head dim, a layout it does not take)."""
+    (None, why not, naming ``what``) when it cannot run here or on this batch (no sm_90 GPU, no
+    Gluon, tiles that do not fit this head dim, a layout it does not take)."""
     from kernels.hopper.launch import HopperLaunch, num_sms, shape_unsupported, unavailable_reason
-    why = unavailable_reason(batch.device, f"the Hopper {mode} kernel")
+    what = what or f"the Hopper {mode} kernel"
+    why = unavailable_reason(batch.device, what)
     if why:
         return None, why
     try:
         plan = make_plan(batch.spec, num_sms(batch.device), mode_for(batch.spec, mode), config or HopperConfig())
-    except ValueError as e:
-        return None, str(e)
+    except ValueError as e:   # tiles that do not fit this head dim / shared memory
+        return None, f"{what}: {e}"
     why = shape_unsupported(batch, plan)
     if why:
-        return None, why
+        return None, f"{what}: {why}"
     return HopperLaunch(batch, plan), plan.as_dict()
 
 
