@@ -211,7 +211,6 @@ class PodConfig:
         if self.prefill_loads == "tma" and self.kv_layout == "paged":
             raise ValueError("prefill_loads 'tma' needs kv_layout 'dense': a KV block spans several pages")
 
-
     def tuned_options(self) -> list[str]:
         """The options set away from their defaults that tune this family's Triton launches (all but
         the plan's own). Where any is set, ``prefill_kernel: auto`` and ``hopper_fused`` keep to the
@@ -271,7 +270,8 @@ def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
 @dataclass(frozen=True)
 class ExecutionChoice:
     """How the POD method runs a batch: "serial" (our prefill launch, then our decode launch: what
-    OURS_Serial runs) or "fused" (one launch with ``ctas_per_sm`` tiles), and why."""
+    OURS_Serial runs), "fused" (one launch with ``ctas_per_sm`` tiles) or "hopper" (one launch of
+    the fused Gluon Hopper kernel), and why."""
 
     kind: str                  # "serial" | "fused" | "hopper" (the fused Gluon kernel of kernels/hopper)
     ctas_per_sm: int           # fused: 2 or 4; serial, hopper: 0
