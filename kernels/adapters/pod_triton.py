@@ -20,8 +20,8 @@ import torch
 
 from kernels.pod.launch import (MODE_CTA, MODE_DECODE, MODE_POD, MODE_PREFILL, interpreting, num_sms,
                                 prepare_launch, prepare_serial, smem_per_block, tma_capable)
-from kernels.pod.plan import (BINDINGS, ExecutionChoice, PodConfig, choose_execution, make_plan, measured_choice,
-                              plan_key)
+from kernels.pod.plan import (BINDINGS, ExecutionChoice, PodConfig, choose_execution, decode_split_candidates,
+                              make_plan, measured_choice, plan_key)
 from kernels.adapters.pod_hopper import impl_text, prepare_hopper
 from kernels.registry import Method, MethodUnavailable, register
 
@@ -45,6 +45,9 @@ class _TritonPod(Method):
         # ({name: fn}, device) -> {name: ms}
         self.measured: dict = {}
         self.measure = _median_ms_each
+        # decode_split "measured": how the split counts are timed; off a GPU (the interpreter's times
+        # say nothing of one) the heuristic's count runs unless a timer is given (tests)
+        self.measure_split = None
 
     def unavailable_reason(self, device):
         reason = super().unavailable_reason(device)
@@ -73,9 +76,37 @@ class _TritonPod(Method):
         return self.calibration
 
     def _plan(self, batch, mode, kind=None, config=None):
+        config = config or self.config
         cal = self._calibration(batch.device) if mode not in (MODE_PREFILL, MODE_DECODE) else None
-        return make_plan(batch.spec, mode, num_sms(batch.device), config or self.config, kind, calibration=cal,
+        plan = make_plan(batch.spec, mode, num_sms(batch.device), config, kind, calibration=cal,
                          smem_limit=smem_per_block(batch.device))
+        if mode == MODE_DECODE and config.decode_split == "measured":
+            plan = self._measured_decode_split(batch, plan, lambda s: self._plan(
+                batch, mode, kind, replace(config, decode_split=s)))
+        return plan
+
+    def _measured_decode_split(self, batch, plan, plan_with):
+        """``plan`` (a decode-alone launch) with the split count that ran fastest on this device the
+        first time its decode part (key: tiles, layout, decode lengths) was prepared; the candidates
+        are decode_split_candidates', timed together with ``self.measure_split``. The decision is shared
+        by every method of this family in the process, so OURS_decode, OURS_Serial and POD's serial
+        candidate run the same decode launch."""
+        candidates = decode_split_candidates(batch.spec, plan)
+        measure = self.measure_split or (_median_ms_each if batch.device.type == "cuda" else None)
+        if len(candidates) == 1 or measure is None:
+            return plan
+        spec, paged = batch.spec, self.config.kv_layout == "paged"
+        lengths = plan_key(spec, self.config.plan_key)[-2:]
+        key = (str(batch.device), plan.tiles, paged, spec.model.q_heads, spec.model.kv_heads, spec.model.head_dim,
+               str(spec.dtype), spec.page_size, *lengths)
+        if key not in DECODE_SPLITS:
+            runs = {s: prepare_launch(batch, plan_with(s), paged) for s in candidates}
+            times = {s: float(ms) for s, ms in measure(runs, batch.device).items()}
+            DECODE_SPLITS[key] = (min(times, key=times.get), times)
+        best, times = DECODE_SPLITS[key]
+        out = plan_with(best)
+        out.notes["decode_split_ms"] = {str(s): round(t, 5) for s, t in times.items()}
+        return out
 
     def _hopper_prefill(self, batch):
         """(launch, plan dict) of the Gluon Hopper prefill when ``prefill_kernel`` asks for it and it
@@ -192,17 +223,34 @@ class _TritonPod(Method):
         why = f" ({choice.describe()})" if choice and choice.rule != "fixed" else ""
         if p.get("kernel") == HOPPER:
             return {"impl": impl_text(p) + why, "plan": p}
+        decode = _decode_split_text(p.get("decode", {}))
         if p.get("prefill", {}).get("kernel") == HOPPER:
-            return {"impl": f"serial {impl_text(p['prefill'])} + triton decode{why}", "plan": p}
+            return {"impl": f"serial {impl_text(p['prefill'])} + triton decode{decode}{why}", "plan": p}
         if not p or "mode" not in p:
             tma = " tma" if p.get("prefill", {}).get("prefill_tma") else ""
-            return {"impl": ("triton serial" if choice else "triton") + tma + why, "plan": p}
+            return {"impl": ("triton serial" if choice else "triton") + tma + (f"; decode{decode}" if decode else "") + why,
+                    "plan": p}
         t = p["tiles"]
         impl = (f"triton cps{p['ctas_per_sm']} tiles {t['block_m']}x{t['block_n']}/{t['decode_rows']}x{t['decode_n']} "
                 f"split {p['n_splits_p']}/{p['n_splits_d']} V{t['virtual']} ratio {p['prefill_ratio']}:{p['decode_ratio']}"
                 f"{(' ' + BINDINGS[p['binding']]) if p.get('binding') else ''}{' tma' if p.get('prefill_tma') else ''}"
-                f"{' ds' + str(t['decode_stages']) if t.get('decode_stages') else ''}{why}")
+                f"{' ds' + str(t['decode_stages']) if t.get('decode_stages') else ''}{_decode_split_text(p, False)}{why}")
         return {"impl": impl, "plan": p}
+
+
+def _decode_split_text(plan: dict, with_count: bool = True) -> str:
+    """' split 4 (measured of 1,2,3,4,6,8)' for a decode plan whose split was timed (without the
+    count: ' (decode split measured of ...)'), else ''."""
+    times = plan.get("notes", {}).get("decode_split_ms")
+    if not times:
+        return ""
+    if with_count:
+        return f" split {plan['n_splits_d']} (measured of {','.join(times)})"
+    return f" (decode split measured of {','.join(times)})"
+
+
+# decode_split "measured": (device, tiles, layout, decode shape) -> (split count, {split: ms})
+DECODE_SPLITS: dict = {}
 
 
 def _median_ms_each(fns: dict, device) -> dict:

@@ -26,6 +26,23 @@ def flash_split_heuristic(work_ctas: int, slots: int, n_blocks: int, max_splits:
     return next(s for s in range(1, max_splits + 1) if distinct(s) and eff(s) >= 0.85 * best)
 
 
+def split_candidates(work_ctas: int, n_blocks: int, chosen: int, most: int = 8, min_blocks: int = 4) -> list[int]:
+    """Split counts worth timing for a launch of ``work_ctas`` unsplit CTAs over ``n_blocks`` key
+    blocks: ``chosen`` (the heuristic's), no split, and 2..``most`` splits that leave every split at
+    least ``min_blocks`` blocks and change the blocks per split. Which of them runs fastest depends on
+    how the device schedules CTAs and shares its memory bandwidth, which no wave count predicts (the
+    H200's decode ran 3.8-4.6 TB/s unsplit with 1.05-1.25 waves of resident CTAs, not monotone in
+    the waves): the caller times them on the GPU at hand."""
+    if work_ctas <= 0 or n_blocks <= 1:
+        return [max(1, chosen)]
+    out = {1, max(1, chosen)}
+    for s in range(2, most + 1):
+        per = -(-n_blocks // s)
+        if per >= min_blocks and per != -(-n_blocks // (s - 1)):
+            out.add(s)
+    return sorted(out)
+
+
 def kv_split_range(n_blocks: int, n_splits: int, split: int) -> tuple[int, int]:
     """Key blocks [lo, hi) of one split, as the kernels compute them: ceil(n_blocks / n_splits)
     blocks per split, the last splits shorter or empty (hi >= lo always)."""
@@ -34,4 +51,4 @@ def kv_split_range(n_blocks: int, n_splits: int, split: int) -> tuple[int, int]:
     return lo, max(lo, min(lo + per, n_blocks))
 
 
-__all__ = ["LOG2E", "flash_split_heuristic", "kv_split_range"]
+__all__ = ["LOG2E", "flash_split_heuristic", "kv_split_range", "split_candidates"]

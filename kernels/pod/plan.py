@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from kernels.common.splitkv import flash_split_heuristic  # noqa: F401  (re-exported: tests, scripts)
+from kernels.common.splitkv import flash_split_heuristic, split_candidates  # noqa: F401  (heuristic re-exported: tests, scripts)
 from kernels.shapes import dtype_bytes
 from kernels.workload import BatchSpec
 
@@ -134,7 +134,13 @@ class PodConfig:
     # on the 261 kept batches it changes it was 0.2% faster with 4 CTAs/SM and 4% slower with 2
     # (results/raw/pod_split_kept), two passes each
     prefill_split: str | int = "auto"
-    decode_split: str | int = "auto"         # "auto" | fixed int
+    # "measured": the decode-alone launch (OURS_decode and the serial path's decode) times the
+    # heuristic's split, no split and 2-8 splits the first time a decode shape is prepared on the GPU
+    # at hand, and keeps the fastest (kernels/adapters/pod_triton.py); a launch planned without
+    # timing (fused, the serving engine) takes the heuristic's. "auto": FlashDecoding's heuristic. On
+    # the H200 the heuristic's unsplit decode ran at 3.8-4.2 TB/s where it held 1.09-1.25 waves of
+    # resident CTAs and 4.5-4.6 at 1.0 or 1.5 (figure11_queue_ahead's OURS_decode)
+    decode_split: str | int = "measured"     # "measured" | "auto" | fixed int
     kv_layout: str = "dense"                 # "dense" | "paged" (block table into the page pool)
     # "tma": prefill K/V through tensor descriptors (Hopper's copy engine, dense KV, sm_90+); measured
     # 9% slower than pointer loads for the prefill alone on H100 (results/raw/pod_tiles)
@@ -192,8 +198,9 @@ class PodConfig:
         if not (self.prefill_split in ("auto", "limited", "two_waves", "vanilla") or
                 (isinstance(self.prefill_split, int) and self.prefill_split >= 1)):
             raise ValueError("prefill_split must be 'auto', 'limited', 'two_waves', 'vanilla' or a positive int")
-        if not (self.decode_split == "auto" or (isinstance(self.decode_split, int) and self.decode_split >= 1)):
-            raise ValueError("decode_split must be 'auto' or a positive int")
+        if not (self.decode_split in ("auto", "measured") or
+                (isinstance(self.decode_split, int) and self.decode_split >= 1)):
+            raise ValueError(f"decode_split must be 'measured', 'auto' or a positive int, got {self.decode_split!r}")
         if self.kv_layout not in ("dense", "paged"):
             raise ValueError("kv_layout must be 'dense' or 'paged'")
         if self.decode_stages is not None and (not isinstance(self.decode_stages, int) or self.decode_stages < 1):
@@ -217,7 +224,9 @@ class PodConfig:
         Triton kernels, so a YAML comparing Triton knobs (table 7's splits, figure 14's policies)
         compares them and not the Hopper kernel."""
         plan_own = {"plan", "fuse_margin", "plan_key", "machine_balance", "prefill_kernel", "hopper_fused", "ctas_per_sm"}
-        return [f.name for f in fields(self) if f.name not in plan_own and getattr(self, f.name) != f.default]
+        chosen = [f.name for f in fields(self) if f.name not in plan_own and getattr(self, f.name) != f.default]
+        # how the split count is chosen is the plan's; a fixed count tunes the launch
+        return [n for n in chosen if not (n == "decode_split" and self.decode_split in ("auto", "measured"))]
 
     def triton_prefill_options(self) -> list[str]:
         """The options set that only the Triton prefill takes (tiles, loads, a paged KV layout)."""
@@ -254,6 +263,16 @@ class LaunchPlan:
         d = asdict(self)
         d["tiles"] = asdict(self.tiles)
         return d
+
+
+def decode_split_candidates(spec: BatchSpec, plan: LaunchPlan) -> list[int]:
+    """The decode split counts ``decode_split: measured`` times for ``plan``'s decode-alone launch:
+    its own (the heuristic's), none, and 2-8 (kernels/common/splitkv.split_candidates)."""
+    t = plan.tiles
+    if not plan.n_items:
+        return [plan.n_splits_d]
+    base = math.ceil(plan.n_items // plan.n_splits_d / t.virtual)
+    return split_candidates(base, math.ceil(spec.decode_ctx / t.decode_n), plan.n_splits_d)
 
 
 def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
@@ -443,7 +462,7 @@ def make_plan(spec: BatchSpec, mode: int, num_sms: int, config: PodConfig | None
     if spec.has_decode and mode != MODE_PREFILL:
         n_hblocks = math.ceil(m.group_size / t.decode_rows)
         base_items = spec.decode_batch * m.kv_heads * n_hblocks
-        if cfg.decode_split == "auto":
+        if cfg.decode_split in ("auto", "measured"):
             # parallelism is in CTAs of ``virtual`` items each: unsplit, 2 virtual items of a whole
             # context per CTA made a tail of long decode CTAs with 2 CTAs/SM (pod_binding)
             s_d = flash_split_heuristic(math.ceil(base_items / t.virtual), slots,
