@@ -180,6 +180,32 @@ def pod_by_prefill_share(table: pd.DataFrame, edges=(0.0, 0.2, 0.3, 0.4, 0.5, 1.
     return out[out["batches"] > 0]
 
 
+def pod_trailing(table: pd.DataFrame) -> pd.DataFrame:
+    """What POD's losses to the best peer are made of, on the kept batches: for the batches where POD
+    is above the best peer and for those at or below it, how many, the median POD / best peer and
+    POD / OURS_Serial (about 1: POD ran its serial path, or a fused launch gained nothing), and our
+    parts against FlashInfer's (OURS_prefill / FI_prefill_auto, OURS_decode / FI_decode) with the
+    share of batches where ours is the slower. Empty without the columns."""
+    need = {"ms_POD", "best_peer_ms", "ms_OURS_Serial", "ms_OURS_prefill", "ms_FI_prefill_auto",
+            "ms_OURS_decode", "ms_FI_decode"}
+    if not need <= set(table):
+        return pd.DataFrame()
+    t = kept_rows(table)[list(need)].dropna()
+    rows = {}
+    for label, part in (("above the best peer", t[t["ms_POD"] > t["best_peer_ms"]]),
+                        ("at or below", t[t["ms_POD"] <= t["best_peer_ms"]])):
+        if not len(part):
+            continue
+        pre = part["ms_OURS_prefill"] / part["ms_FI_prefill_auto"]
+        dec = part["ms_OURS_decode"] / part["ms_FI_decode"]
+        rows[label] = {"batches": len(part),
+                       "pod_over_best_peer": (part["ms_POD"] / part["best_peer_ms"]).median(),
+                       "pod_over_ours_serial": (part["ms_POD"] / part["ms_OURS_Serial"]).median(),
+                       "prefill_ours_over_fi": pre.median(), "prefill_ours_slower": (pre > 1).mean(),
+                       "decode_ours_over_fi": dec.median(), "decode_ours_slower": (dec > 1).mean()}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def attention_section(name: str, tables: Path) -> list[str]:
     doc = read_doc(name)
     table = pd.read_csv(tables / f"{name}.csv")
@@ -197,7 +223,7 @@ def attention_section(name: str, tables: Path) -> list[str]:
                             "Re-timed with it in this tree: " + ", ".join(f"`{r}`" for r in retimed) + " (STUDIES.md); "
                             "the figure-11 claims (CLAIMS.md) read those."]
     lines += summary_table(summary, baseline)
-    if "figure11" in (name, doc.get("extends")) or name in RETIMED_FIGURE11:
+    if {"figure11", *RETIMED_FIGURE11} & {name, doc.get("extends")}:
         shares = pod_faster_shares(table)
         if shares:
             lines += ["", "POD faster than, on the kept batches where both were timed "
@@ -216,6 +242,15 @@ def attention_section(name: str, tables: Path) -> list[str]:
                       "|---|---|---|---|"]
             lines += [f"| {max(b.left, 0.0):.0%}-{b.right:.0%} | {int(r.batches)} | {share(r.at_or_below)} "
                       f"| {r.median_over_best_peer:.3f} |" for b, r in zip(bins.index, bins.itertuples())]
+        trailing = pod_trailing(table)
+        if len(trailing):
+            lines += ["", "What POD's losses are made of, kept batches, medians (analysis.report.pod_trailing; "
+                      "\"ours slower\": the share of batches where our part takes longer than FlashInfer's):", "",
+                      "| POD | batches | POD / best peer | POD / OURS_Serial | OURS_prefill / FI_prefill_auto "
+                      "| ours slower | OURS_decode / FI_decode | ours slower |", "|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {label} | {int(r.batches)} | {r.pod_over_best_peer:.3f} | {r.pod_over_ours_serial:.3f} "
+                      f"| {r.prefill_ours_over_fi:.3f} | {share(r.prefill_ours_slower)} | {r.decode_ours_over_fi:.3f} "
+                      f"| {share(r.decode_ours_slower)} |" for label, r in zip(trailing.index, trailing.itertuples())]
     return lines
 
 

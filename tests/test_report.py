@@ -175,6 +175,32 @@ def test_pod_by_prefill_share_bins_the_kept_batches():
     assert report.pod_by_prefill_share(t.drop(columns="ms_FI_Serial")).empty
 
 
+def test_pod_trailing_splits_the_kept_batches_by_the_best_peer():
+    t = pd.DataFrame({
+        "kept": [True, True, True, False],
+        "ms_POD": [1.1, 1.2, 0.9, 5.0],
+        "best_peer_ms": [1.0, 1.0, 1.0, 1.0],
+        "ms_OURS_Serial": [1.1, 1.0, 1.0, 5.0],
+        "ms_OURS_prefill": [0.5, 0.4, 0.3, 1.0],
+        "ms_FI_prefill_auto": [0.4, 0.5, 0.3, 1.0],
+        "ms_OURS_decode": [0.66, 0.63, 0.5, 1.0],
+        "ms_FI_decode": [0.6, 0.6, 0.6, 1.0],
+    })
+    got = report.pod_trailing(t)
+    above, below = got.loc["above the best peer"], got.loc["at or below"]
+    assert above["batches"] == 2 and below["batches"] == 1          # the dropped row counts nowhere
+    assert above["pod_over_best_peer"] == pytest.approx(1.15)
+    assert above["pod_over_ours_serial"] == pytest.approx((1.0 + 1.2) / 2)
+    assert above["prefill_ours_over_fi"] == pytest.approx((1.25 + 0.8) / 2) and above["prefill_ours_slower"] == 0.5
+    assert above["decode_ours_over_fi"] == pytest.approx(1.075) and above["decode_ours_slower"] == 1.0
+    assert below["decode_ours_slower"] == 0.0
+    assert report.pod_trailing(t.drop(columns="ms_FI_decode")).empty
+    # the section shows it under the headline numbers of a figure-11 re-timing
+    tables = report.ROOT / "results" / "h200" / "tables"
+    text = report.render(["figure11_h200_kept"], tables, studies=True)
+    assert "What POD's losses are made of" in text and "| above the best peer |" in text
+
+
 def test_studies_that_extend_figure11_get_its_headline_numbers():
     """A study written as `extends: figure11` is figure 11's grid, so its section carries POD's
     headline numbers and faster-than shares, as does a re-timing of figure-11 batches
