@@ -29,6 +29,31 @@ from .scheduler import Batch, BlockPool, LoopResult, Request, Work, make_schedul
 from .trace import RequestSpec
 
 
+def host_counters() -> dict:
+    """This thread's CPU time and, where Linux reports it (/proc/thread-self/schedstat), its time
+    waiting on a run queue for a CPU, cumulative, in seconds. Per iteration (serve_loop's
+    ``host_probe``) they tell a host-bound eager iteration that was slow because the host ran it
+    slowly (CPU time up) from one that waited for a CPU (run-queue time up) or for the GPU (neither)."""
+    out = {"host_cpu_s": time.thread_time()}
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            out["host_runqueue_s"] = int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
+def host_steal_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks of the whole machine since boot (/proc/stat), None where unreadable:
+    on a virtual machine, the time its CPUs were runnable but the hypervisor ran something else."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
 class EventTimer:
     """Collects ``label`` marks ("<part>:begin"/"<part>:end") as CUDA events (or host times on the
     CPU) and sums each part's time in seconds after a synchronize."""
@@ -315,7 +340,7 @@ class Engine:
             select=None, on_iteration=None) -> LoopResult:
         sched = make_scheduler(scheduler_cfg, self.fresh_pool())
         return serve_loop(specs, sched, self.execute, wall_clock=time.perf_counter, max_iterations=max_iterations,
-                          select=select, on_iteration=on_iteration)
+                          select=select, on_iteration=on_iteration, host_probe=host_counters)
 
     def warmup(self, scheduler_cfg: dict, prompt_lens=(300, 700), output_len: int = 6) -> None:
         """A short run with prefill-only, hybrid and decode-only batches, so that every kernel

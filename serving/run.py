@@ -371,6 +371,7 @@ def _same_load(run, config_dir: Path):
 def run_online(run, out_dir, prov, store, device, target_root, same_load_as=None):
     """One measured online run; ``same_load_as``: a config folder whose run of the same id sets the
     QPS (``_same_load``), else the run's own ``qps``."""
+    from .engine import host_steal_ticks
     from .metrics import request_rows, summarize
     from .trace import build_workload
 
@@ -382,14 +383,31 @@ def run_online(run, out_dir, prov, store, device, target_root, same_load_as=None
     engine = _engine(run, store, device)
     specs = build_workload(wl)
     engine.warmup(run["scheduler"])
-    t0 = time.time()
+    t0, steal0 = time.time(), host_steal_ticks()
     res = engine.run(specs, run["scheduler"], max_iterations=run.get("max_iterations"))
     summary = {**summarize(res.requests), "qps": qps, **qinfo, **_kv_info(engine), "iterations": len(res.iterations),
-               "wall_s": time.time() - t0, **_clock_now(device)}
+               "wall_s": time.time() - t0, **_clock_now(device), **host_shares(res.iterations, steal0)}
     for it in res.iterations:
         it["warmup"] = False
     _write_run(out_dir, run, prov, summary, iterations=res.iterations, requests=request_rows(res.requests))
     return summary
+
+
+def host_shares(iterations: list[dict], steal0: tuple[int, int] | None) -> dict:
+    """How the host ran a run, in % of its iterations' wall time: the engine thread's CPU time and its
+    wait for a CPU (where recorded), and the machine's steal time since ``steal0`` (host_steal_ticks)."""
+    from .engine import host_steal_ticks
+
+    wall = sum(it["duration"] for it in iterations if it.get("measured", True))
+    out = {}
+    for key, name in (("host_cpu_s", "host_cpu_pct"), ("host_runqueue_s", "host_runqueue_pct")):
+        vals = [it[key] for it in iterations if key in it]
+        if vals and wall > 0:
+            out[name] = 100.0 * sum(vals) / wall
+    steal1 = host_steal_ticks()
+    if steal0 is not None and steal1 is not None and steal1[1] > steal0[1]:
+        out["host_steal_pct"] = 100.0 * (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
+    return out
 
 
 def run_breakdown(run, out_dir, prov, store, device):

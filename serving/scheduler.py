@@ -310,7 +310,8 @@ def serve_loop(specs: Iterable[RequestSpec], scheduler: Scheduler,
                max_iterations: int | None = None,
                select: Callable[[list, int], bool] | None = None,
                on_iteration: Callable[[dict], None] | None = None,
-               stop: Callable[[list, int], bool] | None = None) -> LoopResult:
+               stop: Callable[[list, int], bool] | None = None,
+               host_probe: Callable[[], dict] | None = None) -> LoopResult:
     """Run requests to completion (or ``max_iterations`` measured iterations).
 
     Each iteration: requests that arrived by ``now`` join the waiting queue, the scheduler builds a
@@ -324,7 +325,8 @@ def serve_loop(specs: Iterable[RequestSpec], scheduler: Scheduler,
     schedule of an offline workload does not depend on time, so this samples the exact iterations
     of the whole run (a steady-state window, or every k-th iteration over a cycle) at the GPU cost
     of the sampled ones only; ``max_iterations`` then counts executed iterations. ``stop(finished,
-    index)``, checked after each iteration, ends the loop early.
+    index)``, checked after each iteration, ends the loop early. ``host_probe()`` (engine) returns
+    cumulative host counters in seconds; each measured iteration records their increase over it.
     """
     reqs = [Request(s) for s in specs]
     pending = sorted(reqs, key=lambda r: (r.arrival, r.rid))
@@ -336,6 +338,7 @@ def serve_loop(specs: Iterable[RequestSpec], scheduler: Scheduler,
             scheduler.add(pending[nxt])
             nxt += 1
         t0 = wall_clock() if wall_clock else None
+        host0 = host_probe() if host_probe and t0 is not None else None
         batch = scheduler.schedule()
         if batch.empty:
             if nxt < len(pending):
@@ -362,6 +365,8 @@ def serve_loop(specs: Iterable[RequestSpec], scheduler: Scheduler,
         rec = {"iteration": index, "start": start, "end": end, "duration": dur,
                "measured": measuring, **batch.features(), "finished": len(done),
                "prefill_rids": " ".join(str(w.req.rid) for w in batch.prefills)}
+        if host0 is not None and measuring:
+            rec.update({k: v - host0[k] for k, v in host_probe().items() if k in host0})
         iterations.append(rec)
         if on_iteration:
             on_iteration(rec)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from serving.backends import BackendUnavailable, _page_table, create, registered
-from serving.engine import Engine
+from serving.engine import Engine, host_steal_ticks
 from serving.kv_cache import KVCache
 from serving.metrics import summarize
 from serving.model import MODELS, LlamaConfig
 from serving.ops import TorchOps
-from serving.run import check_backends
+from serving.run import check_backends, host_shares
 from serving.simulator import ReplayLatency, simulate
 from serving.trace import make_requests, poisson_arrivals
 
@@ -111,7 +111,7 @@ def test_pod_backend_matches_reference_under_the_triton_interpreter():
     code = textwrap.dedent("""
         import torch
         from serving.model import MODELS
-        from serving.run import check_backends
+        from serving.run import check_backends, host_shares
         df = check_backends(MODELS["tiny"], ["POD"], "cpu", torch.float32, {"kind": "explicit", "lengths": %r},
                             %r, init_range=0.08, backend_options={"POD": {"decode_split": 3, "prefill_split": 2}})
         print(df.to_string())
@@ -133,6 +133,16 @@ def test_replay_of_an_engine_run_reproduces_its_metrics_exactly():
     assert [r.token_times for r in rep.requests] == [r.token_times for r in res.requests]
     assert summarize(rep.requests) == summarize(res.requests)
     assert all(it["duration"] > 0 for it in res.iterations)
+    # each iteration's host counters: the engine thread's CPU time within its wall time, and (Linux)
+    # its wait for a CPU; a run's shares of its wall time, the machine's steal time among them
+    assert all(0 <= it["host_cpu_s"] <= it["duration"] + 2e-3 for it in res.iterations)
+    if os.path.exists("/proc/thread-self/schedstat"):
+        assert all(it["host_runqueue_s"] >= 0 for it in res.iterations)
+    shares = host_shares(res.iterations, host_steal_ticks())
+    assert 0 < shares["host_cpu_pct"] <= 100 + 1e-6
+    assert set(shares) <= {"host_cpu_pct", "host_runqueue_pct", "host_steal_pct"}
+    # a simulated run has no host counters
+    assert not any("host_cpu_s" in it for it in rep.iterations)
 
 
 def test_kv_cache_views_and_page_tables():
