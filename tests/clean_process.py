@@ -32,3 +32,15 @@ def call_in_clean_process(target: str, timeout: float = 600, **kwargs):
     if proc.returncode != 0:
         raise RuntimeError(f"{target}({kwargs}) failed in a clean process:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.rsplit("\n", 1)[-1])
+
+
+def json_lines_of_module(module: str, *args: str, timeout: float = 600) -> list[dict]:
+    """Run ``python -m module args`` in a clean process (no TRITON_INTERPRET) from the checkout and
+    return the JSON objects it printed one per line (the AOT compile reports). Fails the caller's
+    assertion with the child's stderr if it exits non-zero."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

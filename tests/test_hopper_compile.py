@@ -10,15 +10,10 @@ memory within 227 KB (and within half an SM for the 2-CTA decode variant).
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.clean_process import json_lines_of_module
+
 SMEM_PER_BLOCK = 227 * 1024
 SMEM_PER_SM = 228 * 1024
 
@@ -30,17 +25,10 @@ VARIANTS = ([f"prefill:{d}:{dt}" for d in (64, 128) for dt in ("float16", "bfloa
 
 @pytest.fixture(scope="module")
 def reports():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-m", "kernels.hopper.aot", *VARIANTS], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
     out = {}
-    for line in r.stdout.splitlines():
-        if line.startswith("{"):
-            rep = json.loads(line)
-            flags = ",".join(sorted(rep.get("options", {})))
-            out[f"{rep['mode']}:{rep['head_dim']}:{rep['dtype']}" + (f":{flags}" if flags else "")] = rep
+    for rep in json_lines_of_module("kernels.hopper.aot", *VARIANTS, timeout=300):
+        flags = ",".join(sorted(rep.get("options", {})))
+        out[f"{rep['mode']}:{rep['head_dim']}:{rep['dtype']}" + (f":{flags}" if flags else "")] = rep
     return out
 
 

@@ -30,9 +30,9 @@ def split_candidates(work_ctas: int, n_blocks: int, chosen: int, most: int = 8, 
     """Split counts worth timing for a launch of ``work_ctas`` unsplit CTAs over ``n_blocks`` key
     blocks: ``chosen`` (the heuristic's), no split, and 2..``most`` splits that leave every split at
     least ``min_blocks`` blocks and change the blocks per split. Which of them runs fastest depends on
-    how the device schedules CTAs and shares its memory bandwidth, which no wave count predicts (the
-    H200's decode ran 3.8-4.6 TB/s unsplit with 1.05-1.25 waves of resident CTAs, not monotone in
-    the waves): the caller times them on the GPU at hand."""
+    how the device schedules CTAs and shares its memory bandwidth, which no wave count predicts (on
+    the H200 an unsplit decode whose last wave held ~40 CTAs ran at full bandwidth and one whose
+    last wave held 50-160 up to 17% below it): the caller times them on the GPU at hand."""
     if work_ctas <= 0 or n_blocks <= 1:
         return [max(1, chosen)]
     out = {1, max(1, chosen)}

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
+
+from kernels.common.aot import cubin_resources
 
 PTX_PATTERNS = {
     "wgmma": r"wgmma\.mma_async",
@@ -30,17 +29,6 @@ PTX_PATTERNS = {
 }
 SASS_PATTERNS = {"HGMMA": r"\bHGMMA\.", "HMMA": r"\bHMMA\.", "LDL": r"\bLDL\b", "STL": r"\bSTL\b",
                  "USETMAXREG": r"\bUSETMAXREG\b", "UTMALDG": r"\bUTMALDG\b"}
-
-
-def _cuobjdump() -> str | None:
-    try:
-        import triton
-        p = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-        if os.path.exists(p):
-            return p
-    except Exception:  # noqa: BLE001
-        pass
-    return shutil.which("cuobjdump")
 
 
 def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: int = 8, kv_heads: int = 2,
@@ -68,18 +56,12 @@ def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: i
            "setmaxnreg_values": sorted({int(v) for v in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)}),
            "wgmma_shapes": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
            "maxnreg_directive": [int(x) for x in re.findall(r"\.maxnreg\s+(\d+)", ptx)]}
-    tool = _cuobjdump()
-    if tool and "cubin" in ck.asm:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "k.cubin")
-            with open(path, "wb") as f:
-                f.write(ck.asm["cubin"])
-            sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True).stdout
-            res = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True).stdout
-        rep["sass"] = {k: len(re.findall(p, sass)) for k, p in SASS_PATTERNS.items()}
-        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", res)
-        if m:
-            rep["regs"], rep["stack"], rep["local"] = map(int, m.groups())
+    if "cubin" in ck.asm:
+        res = cubin_resources(ck.asm["cubin"], sass=True)
+        if "sass" in res:
+            sass = res.pop("sass")
+            rep["sass"] = {k: len(re.findall(p, sass)) for k, p in SASS_PATTERNS.items()}
+        rep.update(res)
     return rep
 
 

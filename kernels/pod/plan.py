@@ -137,9 +137,10 @@ class PodConfig:
     # "measured": the decode-alone launch (OURS_decode and the serial path's decode) times the
     # heuristic's split, no split and 2-8 splits the first time a decode shape is prepared on the GPU
     # at hand, and keeps the fastest (kernels/adapters/pod_triton.py); a launch planned without
-    # timing (fused, the serving engine) takes the heuristic's. "auto": FlashDecoding's heuristic. On
-    # the H200 the heuristic's unsplit decode ran at 3.8-4.2 TB/s where it held 1.09-1.25 waves of
-    # resident CTAs and 4.5-4.6 at 1.0 or 1.5 (figure11_queue_ahead's OURS_decode)
+    # timing (fused, the serving engine) takes the heuristic's. "auto": FlashDecoding's heuristic,
+    # which counts 4 decode CTAs per SM where the sm_90 compile fits 2 at head dim 128
+    # (kernels/pod/aot.py); on the H200 its unsplit decode ran at 3.9-4.3 TB/s or 4.5-4.6 depending
+    # on the size of the last wave (docs/pod-kernel-notes.md, figure11_queue_ahead's OURS_decode)
     decode_split: str | int = "measured"     # "measured" | "auto" | fixed int
     kv_layout: str = "dense"                 # "dense" | "paged" (block table into the page pool)
     # "tma": prefill K/V through tensor descriptors (Hopper's copy engine, dense KV, sm_90+); measured
