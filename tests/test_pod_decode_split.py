@@ -24,17 +24,17 @@ def fresh_decisions():
 
 
 def test_split_candidates():
-    # an H200-sized decode (424 unsplit CTAs, 256 key blocks): none, and 2-8 splits
-    assert split_candidates(424, 256, 1) == [1, 2, 3, 4, 5, 6, 7, 8]
+    # an H200-sized decode (256 key blocks): none, and 2-8 splits
+    assert split_candidates(256, 1) == [1, 2, 3, 4, 5, 6, 7, 8]
     # every split keeps at least 4 blocks: 10 blocks take 2 (5 each) and 3 (4 each), not 4 (3 each)
-    assert split_candidates(10, 10, 1) == [1, 2, 3]
+    assert split_candidates(10, 1) == [1, 2, 3]
     # 9 blocks: 3 splits of 3 blocks are too short
-    assert split_candidates(10, 9, 1) == [1, 2]
+    assert split_candidates(9, 1) == [1, 2]
     # the heuristic's own count is always a candidate, however short its splits
-    assert split_candidates(4, 9, 7) == [1, 2, 7]
+    assert split_candidates(9, 7) == [1, 2, 7]
     # a count that leaves the blocks per split unchanged is no new candidate (30 blocks: 6 and 7 both 5)
-    assert split_candidates(10, 30, 1) == [1, 2, 3, 4, 5, 6, 8]
-    assert split_candidates(10, 1, 1) == [1] and split_candidates(0, 50, 1) == [1]
+    assert split_candidates(30, 1) == [1, 2, 3, 4, 5, 6, 8]
+    assert split_candidates(1, 1) == [1] and split_candidates(1, 3) == [3]
 
 
 def test_decode_split_option():

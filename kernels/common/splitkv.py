@@ -26,14 +26,14 @@ def flash_split_heuristic(work_ctas: int, slots: int, n_blocks: int, max_splits:
     return next(s for s in range(1, max_splits + 1) if distinct(s) and eff(s) >= 0.85 * best)
 
 
-def split_candidates(work_ctas: int, n_blocks: int, chosen: int, most: int = 8, min_blocks: int = 4) -> list[int]:
-    """Split counts worth timing for a launch of ``work_ctas`` unsplit CTAs over ``n_blocks`` key
-    blocks: ``chosen`` (the heuristic's), no split, and 2..``most`` splits that leave every split at
-    least ``min_blocks`` blocks and change the blocks per split. Which of them runs fastest depends on
+def split_candidates(n_blocks: int, chosen: int, most: int = 8, min_blocks: int = 4) -> list[int]:
+    """Split counts worth timing for a launch over ``n_blocks`` key blocks: ``chosen`` (the
+    heuristic's), no split, and 2..``most`` splits that leave every split at least ``min_blocks``
+    blocks and change the blocks per split. Which of them runs fastest depends on
     how the device schedules CTAs and shares its memory bandwidth, which no wave count predicts (on
     the H200 an unsplit decode whose last wave held ~40 CTAs ran at full bandwidth and one whose
     last wave held 50-160 up to 17% below it): the caller times them on the GPU at hand."""
-    if work_ctas <= 0 or n_blocks <= 1:
+    if n_blocks <= 1:
         return [max(1, chosen)]
     out = {1, max(1, chosen)}
     for s in range(2, most + 1):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 
 # per-SM limits of each architecture (CUDA programming guide, compute capabilities): registers,
 # shared memory, shared memory the driver reserves per CTA, resident threads and CTAs
@@ -56,7 +57,7 @@ def compile_launch(kind: str, head_dim: int, dtype: str = "float16", arch: int =
     ck = compile_triton(pod_kernel, {**launch.kwargs, "MODE": mode, **meta}, arch)
     rep = {"kind": kind, "head_dim": head_dim, "dtype": dtype, "arch": arch, "shared": ck.metadata.shared,
            "num_warps": ck.metadata.num_warps, "plan_ctas_per_sm": plan.ctas_per_sm,
-           "tiles": {k: v for k, v in vars(plan.tiles).items()}}
+           "tiles": asdict(plan.tiles)}
     rep.update(cubin_resources(ck.asm["cubin"]) if "cubin" in ck.asm else {})
     if "regs" in rep:
         rep["ctas_per_sm"] = ctas_per_sm(rep["regs"], rep["shared"], rep["num_warps"], arch)

@@ -269,11 +269,9 @@ class LaunchPlan:
 def decode_split_candidates(spec: BatchSpec, plan: LaunchPlan) -> list[int]:
     """The decode split counts ``decode_split: measured`` times for ``plan``'s decode-alone launch:
     its own (the heuristic's), none, and 2-8 (kernels/common/splitkv.split_candidates)."""
-    t = plan.tiles
     if not plan.n_items:
         return [plan.n_splits_d]
-    base = math.ceil(plan.n_items // plan.n_splits_d / t.virtual)
-    return split_candidates(base, math.ceil(spec.decode_ctx / t.decode_n), plan.n_splits_d)
+    return split_candidates(math.ceil(spec.decode_ctx / plan.tiles.decode_n), plan.n_splits_d)
 
 
 def choose_ctas_per_sm(spec: BatchSpec, balance: float) -> int:
