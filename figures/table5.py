@@ -41,7 +41,7 @@ def validation_summary(validation: pd.DataFrame) -> pd.DataFrame:
     return counts.unstack("check").fillna("-").reset_index()
 
 
-def markdown(t: pd.DataFrame, validation: pd.DataFrame | None) -> str:
+def markdown(t: pd.DataFrame, validation: pd.DataFrame | None, steadiness: pd.DataFrame | None = None) -> str:
     lines = []
     for (trace, label), g in t.groupby(["trace", "label"], sort=False):
         lines.append(f"### {trace}: {label}\n")
@@ -61,6 +61,12 @@ def markdown(t: pd.DataFrame, validation: pd.DataFrame | None) -> str:
                      "replay their decode-only iterations as CUDA graphs.\n")
         lines.append(validation_summary(validation).to_markdown(index=False))
         lines.append("")
+        if steadiness is not None and len(steadiness):
+            lines.append("How steady each measured online run was (serving.run.decode_steadiness): its decode-only "
+                         "iterations against the others of their batch size, the same work. A wide spread is time "
+                         "spent outside the work, which no latency model of the work reproduces.\n")
+            lines.append(steadiness.to_markdown(index=False, floatfmt=".3f"))
+            lines.append("")
         lines.append(validation.to_markdown(index=False))
     return "\n".join(lines) + "\n"
 
@@ -75,9 +81,10 @@ def main(argv=None) -> None:
     t = table(pd.read_csv(root / "summary.csv"))
     write_csv(t, a.out, index=False)
     val = pd.read_csv(root / "validation.csv") if (root / "validation.csv").exists() else None
+    steady = pd.read_csv(root / "steadiness.csv") if (root / "steadiness.csv").exists() else None
     if a.markdown:
         try:
-            Path(a.markdown).write_text(markdown(t, val))
+            Path(a.markdown).write_text(markdown(t, val, steady))
         except ImportError:  # DataFrame.to_markdown needs tabulate
             extra = "" if val is None else (validation_summary(val).to_string(index=False) + "\n\n" + val.to_string(index=False))
             Path(a.markdown).write_text(markdown(t, None) + "\n" + extra)

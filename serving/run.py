@@ -829,7 +829,7 @@ def run_validate(run, target_dir: Path, target_root: Path):
     from .simulator import LatencyModel, ReplayLatency, load_models, simulate
     from .trace import build_workload
 
-    rows = []
+    rows, steadiness = [], []
     src = target_root / run["runs_from"]
     cal = load_models(target_root / run["calibration"] / "calibration.json")
     for done in sorted(src.glob("runs/*/done.json")):
@@ -839,6 +839,7 @@ def run_validate(run, target_dir: Path, target_root: Path):
         rd = done.parent
         summ = read_exact(rd / "summary.csv").iloc[0]
         its = read_exact(rd / "iterations.csv.gz").to_dict("records")
+        steadiness.append({"run_id": meta["id"], "folder": run["runs_from"], **decode_steadiness(its)})
         wl = dict(meta["workload"], qps=float(summ["qps"]))
         specs = build_workload(wl)
         measured = {k: v for k, v in summ.to_dict().items()}
@@ -864,6 +865,8 @@ def run_validate(run, target_dir: Path, target_root: Path):
             repeat = target_root / folder / "runs" / meta["id"] / "summary.csv"
             if repeat.exists():
                 other = read_exact(repeat).iloc[0].to_dict()
+                steadiness.append({"run_id": meta["id"], "folder": folder, **decode_steadiness(
+                    read_exact(repeat.parent / "iterations.csv.gz").to_dict("records"))})
                 compared.append((f"repeat:{folder}", measured, other))
                 if lat is not None:
                     compared.append((f"calibrated_model@{folder}", other, modelled(other)))
@@ -877,7 +880,26 @@ def run_validate(run, target_dir: Path, target_root: Path):
     df = pd.DataFrame(rows)
     target_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(target_dir / "validation.csv", index=False)
+    pd.DataFrame(steadiness).to_csv(target_dir / "steadiness.csv", index=False)
     return {"checks": len(df), "failed": int((~df["pass"]).sum()) if len(df) else 0}
+
+
+def decode_steadiness(iterations: list[dict], slow: float = 1.3) -> dict:
+    """How steady a measured run's decode-only iterations were, each against the others of its batch
+    size (the same work): the p90 / median of their durations, averaged over batch sizes weighted by
+    their iterations, and the share of them over ``slow`` x their batch size's median. A run whose
+    iterations of the same work spread widely was slowed by something outside the work (on an eager
+    engine: the host), which no latency model of the work can reproduce."""
+    d = pd.DataFrame(iterations)
+    if d.empty or "num_prefills" not in d:
+        return {"decode_iterations": 0}
+    d = d[(d["num_prefills"] == 0) & d.get("measured", True)]
+    if d.empty:
+        return {"decode_iterations": 0}
+    by = d.groupby("num_decodes")["duration"]
+    ratio = by.quantile(0.9) / by.median()
+    return {"decode_iterations": len(d), "p90_over_median": float((ratio * by.size()).sum() / len(d)),
+            f"share_over_{slow:g}x_median": float((d["duration"] > slow * by.transform("median")).mean())}
 
 
 def _same(a, b) -> bool:

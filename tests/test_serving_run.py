@@ -6,7 +6,7 @@ import torch
 import pytest
 import yaml
 
-from serving.run import expand_runs, load_config, main, window_plan
+from serving.run import decode_steadiness, expand_runs, load_config, main, window_plan
 
 SMALL = {
     "name": "mini",
@@ -106,6 +106,8 @@ def test_smoke_chain_resumes_and_validates(tmp_path, capsys):
     val = pd.read_csv(out / "mini" / "validation.csv")
     replay = val[val["check"] == "replay"]
     assert len(replay) == 1 and replay["pass"].all()            # the simulator reproduces the engine exactly
+    steady = pd.read_csv(out / "mini" / "steadiness.csv")
+    assert list(steady["run_id"]) == ["on"] and steady["decode_iterations"].iloc[0] > 0
     assert set(val[val["check"] == "calibrated_model"]["metric"]) >= {"request_throughput", "ttft_p50", "e2el_p99"}
     assert not (runs / "s-FA_Serial").exists()       # derived: the simulations live apart from the measured runs
     s = pd.read_csv(out / "mini" / "sim" / "s-FA_Serial" / "summary.csv").iloc[0]
@@ -135,6 +137,21 @@ def test_smoke_chain_resumes_and_validates(tmp_path, capsys):
     assert len(at) == 7
     assert at.loc["request_throughput", "measured"] == pytest.approx(1.5 * own.loc["request_throughput", "measured"])
     assert (at["simulated"] == own["simulated"]).all()   # same QPS and blocks: the same simulation
+
+
+def test_decode_steadiness_compares_iterations_of_the_same_work():
+    def it(n, dur, prefills=0):
+        return {"num_prefills": prefills, "num_decodes": n, "duration": dur, "measured": True}
+    # 1 decode: 10 iterations at 10 ms, one of them 20 ms; 4 decodes: steady at 30 ms (their own median,
+    # not 1 decode's); a hybrid iteration does not count
+    its = [it(1, 0.010)] * 9 + [it(1, 0.020)] + [it(4, 0.030)] * 10 + [it(4, 0.5, prefills=1)]
+    got = decode_steadiness(its)
+    assert got["decode_iterations"] == 20
+    p90 = pd.Series([0.010] * 9 + [0.020]).quantile(0.9) / 0.010
+    assert got["p90_over_median"] == pytest.approx((p90 * 10 + 1.0 * 10) / 20)
+    assert got["share_over_1.3x_median"] == pytest.approx(1 / 20)
+    assert decode_steadiness([it(0, 0.1, prefills=1)]) == {"decode_iterations": 0}
+    assert decode_steadiness([]) == {"decode_iterations": 0}
 
 
 def test_time_budget_leaves_runs_for_the_next_call(tmp_path, capsys):
