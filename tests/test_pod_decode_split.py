@@ -107,3 +107,31 @@ def test_off_a_gpu_without_a_timer_the_heuristic_runs():
     assert run.launch_state.plan.n_splits_d == plan.n_splits_d
     assert "decode split measured" not in dec.info()["impl"]
     assert not pod_triton.DECODE_SPLITS
+
+
+@pytest.mark.parametrize("model,dtype,ctx", [
+    (ModelShape("gqa7", 14, 2, 64), "bfloat16", 700),     # GQA 7, 11 key blocks of 64
+    (ModelShape("mqa", 8, 1, 128), "float16", 529),       # MQA, 9 blocks, the last one partial
+    (ModelShape("gqa5", 10, 2, 256), "bfloat16", 530),    # GQA 5, head dim 256: 17 blocks of 32 keys
+])
+def test_every_candidate_split_is_correct_on_odd_shapes(model, dtype, ctx):
+    spec = BatchSpec(model, dtype, decode_batch=3, decode_ctx=ctx)
+    batch = HybridBatch.allocate(spec, "cpu", seed=11)
+    ref = reference_outputs(batch)
+    calls = []
+    dec = create("OURS_decode")
+
+    def measure(fns, device):
+        out = {}
+        for splits, fn in fns.items():
+            assert fn.launch_state.plan.n_splits_d == splits
+            chk = check_outputs(fn(), ref, dtype, parts=["decode"])
+            assert chk.ok, f"{model.name} split {splits}: {chk.reason}"
+            calls.append(splits)
+            out[splits] = 1.0 / splits          # the most splits wins: the longest merge runs
+        return out
+
+    dec.measure_split = measure
+    run = dec.prepare(batch)
+    assert len(calls) >= 2 and run.launch_state.plan.n_splits_d == max(calls)
+    assert check_outputs(run(), ref, dtype, parts=["decode"]).ok
