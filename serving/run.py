@@ -395,7 +395,8 @@ def run_online(run, out_dir, prov, store, device, target_root, same_load_as=None
 
 def host_shares(iterations: list[dict], steal0: tuple[int, int] | None) -> dict:
     """How the host ran a run, in % of its iterations' wall time: the engine thread's CPU time and its
-    wait for a CPU (where recorded), and the machine's steal time since ``steal0`` (host_steal_ticks)."""
+    wait for a CPU (where recorded; a decode graph's one-time capture counts in them but not in the
+    wall time), and the machine's steal time since ``steal0`` (host_steal_ticks)."""
     from .engine import host_steal_ticks
 
     wall = sum(it["duration"] for it in iterations if it.get("measured", True))

@@ -349,8 +349,11 @@ def serve_loop(specs: Iterable[RequestSpec], scheduler: Scheduler,
         measuring = select is None or select(finished, index)
         res = execute(batch, index) if measuring else 0.0
         start = now
+        host = {}
         if t0 is not None and measuring:
             done = scheduler.complete(batch, start, start)  # token times set below, once the clock stops
+            if host0 is not None:   # read inside the wall clock's span, so the host's times fit in it
+                host = {k: v - host0[k] for k, v in host_probe().items() if k in host0}
             # a float from execute is time outside the iteration (a one-time CUDA-graph capture)
             dur = wall_clock() - t0 - (float(res) if res else 0.0)
             end = start + dur
@@ -364,9 +367,7 @@ def serve_loop(specs: Iterable[RequestSpec], scheduler: Scheduler,
         finished.extend(done)
         rec = {"iteration": index, "start": start, "end": end, "duration": dur,
                "measured": measuring, **batch.features(), "finished": len(done),
-               "prefill_rids": " ".join(str(w.req.rid) for w in batch.prefills)}
-        if host0 is not None and measuring:
-            rec.update({k: v - host0[k] for k, v in host_probe().items() if k in host0})
+               "prefill_rids": " ".join(str(w.req.rid) for w in batch.prefills), **host}
         iterations.append(rec)
         if on_iteration:
             on_iteration(rec)
