@@ -87,6 +87,8 @@ def main(argv=None) -> None:
             Path(a.markdown).write_text(markdown(t, val, steady))
         except ImportError:  # DataFrame.to_markdown needs tabulate
             extra = "" if val is None else (validation_summary(val).to_string(index=False) + "\n\n" + val.to_string(index=False))
+            if steady is not None:
+                extra += "\n\n" + steady.to_string(index=False)
             Path(a.markdown).write_text(markdown(t, None) + "\n" + extra)
     print(t.to_string(index=False))
 
