@@ -81,22 +81,25 @@ class _TritonPod(Method):
         plan = make_plan(batch.spec, mode, num_sms(batch.device), config, kind, calibration=cal,
                          smem_limit=smem_per_block(batch.device))
         if mode == MODE_DECODE and config.decode_split == "measured":
-            plan = self._measured_decode_split(batch, plan, lambda s: self._plan(
-                batch, mode, kind, replace(config, decode_split=s)))
+            plan = self._measured_decode_split(batch, plan, config, kind)
         return plan
 
-    def _measured_decode_split(self, batch, plan, plan_with):
-        """``plan`` (a decode-alone launch) with the split count that ran fastest on this device the
-        first time its decode part (key: tiles, layout, decode lengths) was prepared; the candidates
-        are decode_split_candidates', timed together with ``self.measure_split``. The decision is shared
-        by every method of this family in the process, so OURS_decode, OURS_Serial and POD's serial
-        candidate run the same decode launch."""
+    def _measured_decode_split(self, batch, plan, config, kind):
+        """``plan`` (a decode-alone launch of ``config``) with the split count that ran fastest on
+        this device the first time its decode part (key: tiles, layout, decode lengths) was prepared;
+        the candidates are decode_split_candidates', timed together with ``self.measure_split``. The
+        decision is shared by every method of this family in the process, so OURS_decode, OURS_Serial
+        and POD's serial candidate run the same decode launch."""
         candidates = decode_split_candidates(batch.spec, plan)
         measure = self.measure_split or (_median_ms_each if batch.device.type == "cuda" else None)
         if len(candidates) == 1 or measure is None:
             return plan
-        spec, paged = batch.spec, self.config.kv_layout == "paged"
-        lengths = plan_key(spec, self.config.plan_key)[-2:]
+
+        def plan_with(splits):
+            return self._plan(batch, MODE_DECODE, kind, replace(config, decode_split=splits))
+
+        spec, paged = batch.spec, config.kv_layout == "paged"
+        lengths = plan_key(spec, config.plan_key)[-2:]
         key = (str(batch.device), plan.tiles, paged, spec.model.q_heads, spec.model.kv_heads, spec.model.head_dim,
                str(spec.dtype), spec.page_size, *lengths)
         if key not in DECODE_SPLITS:

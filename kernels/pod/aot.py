@@ -17,12 +17,15 @@ import os
 import sys
 from dataclasses import asdict
 
+from kernels.hopper.plan import REGS_PER_SM, SMEM_PER_SM
+
 # per-SM limits of each architecture (CUDA programming guide, compute capabilities): registers,
-# shared memory, shared memory the driver reserves per CTA, resident threads and CTAs
+# shared memory, shared memory the driver reserves per CTA, resident threads and CTAs; sm_90's as
+# the Hopper kernel's plan counts them
 SM_LIMITS = {80: dict(regs=65536, smem=167936, smem_reserved=1024, threads=2048, ctas=32),
              86: dict(regs=65536, smem=102400, smem_reserved=1024, threads=1536, ctas=16),
              89: dict(regs=65536, smem=102400, smem_reserved=1024, threads=1536, ctas=24),
-             90: dict(regs=65536, smem=233472, smem_reserved=1024, threads=2048, ctas=32)}
+             90: dict(regs=REGS_PER_SM, smem=SMEM_PER_SM, smem_reserved=1024, threads=2048, ctas=32)}
 
 
 def ctas_per_sm(regs: int, shared: int, num_warps: int, arch: int) -> int:
