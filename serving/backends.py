@@ -316,6 +316,9 @@ class _FlashInferBackend(AttentionBackend):
 class FISerial(_FlashInferBackend):
     name = "FI_Serial"
     kernel_methods = ("FI_prefill_fa2", "FI_decode")
+    # FlashInfer modules loaded (experiments/flashinfer_modules.py): the paged batch prefill (fa2)
+    # serves the prefill and, as the tensor-core decode of 16-bit KV, the decode
+    jit_modules = (("batch_prefill", "fa2"),)
     description = "FlashInfer batch prefill over the paged cache, then batch decode (tensor cores)"
 
     def __init__(self, cfg, cache, prefill_backend: str = "fa2", **options):
@@ -348,6 +351,7 @@ class FISerial(_FlashInferBackend):
 class FIBatched(_FlashInferBackend):
     name = "FI_Batched"
     kernel_methods = ("FI_Batched_fa2",)
+    jit_modules = (("batch_prefill", "fa2"),)
     description = "FlashInfer one batch-prefill call (fa2) over the prefill chunks and the one-token decodes"
 
     def __init__(self, cfg, cache, prefill_backend: str = "fa2", **options):
@@ -374,6 +378,7 @@ class FIPOD(FISerial):
 
     name = "FI_POD"
     kernel_methods = ("FI_POD", "FI_prefill_fa2", "FI_decode")
+    jit_modules = (("batch_prefill", "fa2"), ("pod", "fa2"))
     description = "FlashInfer POD-Attention: dense causal prefill fused with paged batch decode"
 
     def __init__(self, cfg, cache, **options):

@@ -62,6 +62,9 @@ class TorchOps:
 class FlashInferOps(TorchOps):
     """FlashInfer's fused kernels (CUDA)."""
 
+    # FlashInfer modules loaded (experiments/flashinfer_modules.py); one each, whatever the shape
+    jit_modules = (("norm", ""), ("rope", ""), ("silu_and_mul", ""))
+
     def __init__(self, rope_theta: float, head_dim: int, eps: float):
         super().__init__(rope_theta, head_dim, eps)
         fi, _ = _flashinfer()

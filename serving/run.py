@@ -644,7 +644,8 @@ def run_profile(run, out_dir, prov, store, device):
     return summary
 
 
-def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: str | None = None) -> int:
+def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: str | None = None,
+                  flashinfer_modules: str | None = None) -> int:
     """The build step: JIT-compile (FlashInfer) and compile (Triton) every kernel the configs' GPU
     runs call, in parallel, before anything is timed. Writes <root>/build/serving_kernels.yaml (a
     kernel experiment: the runs' model shapes x the backends' ``kernel_methods``) and runs
@@ -685,8 +686,9 @@ def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: s
                         "dtype": dt, "prefill_len": 64, "prefill_kv_len": 192, "decode_batch": 4, "decode_ctx": 100}
                        for (q, kv, hd, dt), name in shapes.items()]}
     (out / "serving_kernels.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    prebuilt = ["--flashinfer-modules", flashinfer_modules] if flashinfer_modules else []
     return kernel_build.main([str(out / "serving_kernels.yaml"), "--out", str(out / "serving_kernels.json"),
-                              "--device", device])
+                              "--device", device] + prebuilt)
 
 
 # ---------------------------------------------------------------- CPU stage
@@ -938,12 +940,14 @@ def main(argv=None) -> int:
     ap.add_argument("--same-load-as", default=None, metavar="DIR",
                     help="online runs take the QPS their namesakes under DIR/<config>/runs/ ran at (a repeat "
                          "at the same load) instead of resolving it from the calibration")
+    ap.add_argument("--flashinfer-modules", default=None, metavar="DIR",
+                    help="--stage build: FlashInfer modules compiled ahead of time (experiments/flashinfer_modules.py)")
     args = ap.parse_args(argv)
 
     t_start = time.time()
     root = Path(args.out)
     if args.stage == "build":
-        return build_kernels(args.configs, root, args.smoke, args.device)
+        return build_kernels(args.configs, root, args.smoke, args.device, args.flashinfer_modules)
     store = _EngineCache()
     prov_cache: dict = {}
     failed, left, unavailable = [], [], []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -46,6 +47,64 @@ def _workspace(device: torch.device) -> torch.Tensor:
             # Zeroed: FlashInfer asks for a zero-initialized workspace on first use.
             _workspaces[key] = torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         return _workspaces[key]
+
+
+@dataclass(frozen=True)
+class FlashInferModule:
+    """One kernel module that a FlashInfer wrapper JIT-compiles on first use, as plain data: its
+    family (single_prefill, batch_prefill, pod; norm, rope, silu_and_mul for the serving engine's
+    fused kernels), the backend asked for (fa2, fa3, or auto: what FlashInfer picks on the target
+    GPU), dtype and head dim. Every other argument is the one our adapters and the serving backends
+    call FlashInfer with: no RoPE, sliding window, soft cap or fp16 QK reduction, int32 page
+    indices. ``experiments.flashinfer_modules`` compiles these ahead of time."""
+
+    family: str
+    backend: str
+    dtype: str
+    head_dim: int
+
+    def resolved_backend(self, arch: tuple) -> str:
+        """The backend FlashInfer runs on a GPU of compute capability ``arch``: 'auto' is fa3 on
+        sm_90 where FlashInfer's fa3 supports the dtype and head dim (its own checks), else fa2."""
+        if self.backend != "auto":
+            return self.backend
+        from flashinfer.utils import is_fa3_backend_supported, is_fa3_prefill_head_dim_supported
+
+        dt = getattr(torch, self.dtype)
+        fa3 = (arch[0] == 9 and is_fa3_backend_supported(0, False, False, dt, dt)
+               and is_fa3_prefill_head_dim_supported(self.head_dim, self.head_dim))
+        return "fa3" if fa3 else "fa2"
+
+    def jit_spec(self, arch: tuple):
+        """FlashInfer's JitSpec of this module for compute capability ``arch`` (needs flashinfer;
+        FLASHINFER_CUDA_ARCH_LIST must be set before flashinfer is first imported)."""
+        from flashinfer.jit.attention import modules as fim
+
+        dt, hd, idx = getattr(torch, self.dtype), self.head_dim, torch.int32
+        if self.family == "single_prefill":
+            return fim.gen_single_prefill_module(self.resolved_backend(arch), dt, dt, dt, hd, hd, 0, False, False, False)
+        if self.family == "batch_prefill":
+            return fim.gen_batch_prefill_module(self.resolved_backend(arch), dt, dt, dt, idx, hd, hd, 0, False, False,
+                                                False)
+        if self.family == "pod":
+            return fim.gen_pod_module(dt, dt, dt, hd, 0, False, False, False, idx, 0, False, False)
+        # the serving engine's fused non-attention kernels: one module each, whatever the shape
+        if self.family == "norm":
+            from flashinfer.jit.norm import gen_norm_module
+            return gen_norm_module()
+        if self.family == "rope":
+            from flashinfer.jit.rope import gen_rope_module
+            return gen_rope_module()
+        if self.family == "silu_and_mul":
+            from flashinfer.jit.activation import gen_act_and_mul_module
+            return gen_act_and_mul_module("silu")
+        raise ValueError(f"unknown FlashInfer module family {self.family!r}")
+
+
+def flashinfer_modules(cls, dtype: str, head_dim: int) -> list:
+    """The FlashInfer modules a registered method (or serving backend) loads on a batch of
+    ``dtype`` and ``head_dim``: its ``jit_modules`` (family, backend) pairs; none for others."""
+    return [FlashInferModule(family, backend, dtype, head_dim) for family, backend in getattr(cls, "jit_modules", ())]
 
 
 class _FlashInfer(Method):
@@ -95,6 +154,7 @@ def _resolve_single_prefill_backend(batch: HybridBatch, backend: str) -> str:
 class _FIPrefill(_FlashInfer):
     parts = ("prefill",)
     backend = "auto"
+    jit_modules = (("single_prefill", "auto"),)
 
     def prepare(self, batch: HybridBatch) -> Callable[[], Outputs]:
         fi = self._start(batch)
@@ -116,6 +176,7 @@ class FIPrefillAuto(_FIPrefill):
 class FIPrefillFa2(_FIPrefill):
     name = "FI_prefill_fa2"
     backend = "fa2"
+    jit_modules = (("single_prefill", "fa2"),)
     description = "FlashInfer single-request causal prefill, FA2 backend"
 
 
@@ -128,6 +189,8 @@ def _plan_types(batch: HybridBatch) -> dict:
 class FIDecode(_FlashInfer):
     name = "FI_decode"
     parts = ("decode",)
+    # the tensor-core decode of 16-bit KV runs FlashInfer's fa2 batch-prefill kernel
+    jit_modules = (("batch_prefill", "fa2"),)
     description = "FlashInfer batch decode over the paged cache (tensor-core kernel, as the artifact)"
 
     def prepare(self, batch: HybridBatch) -> Callable[[], Outputs]:
@@ -146,6 +209,7 @@ class FIDecode(_FlashInfer):
 class _FIBatched(_FlashInfer):
     parts = ("prefill", "decode")
     backend = "fa2"
+    jit_modules = (("batch_prefill", "fa2"),)
 
     def prepare(self, batch: HybridBatch) -> Callable[[], Outputs]:
         fi = self._start(batch)
@@ -175,6 +239,7 @@ class FIBatchedFa2(_FIBatched):
 class FIBatchedAuto(_FIBatched):
     name = "FI_Batched_auto"
     backend = "auto"
+    jit_modules = (("batch_prefill", "auto"),)
     description = "FlashInfer one batch-prefill call over the chunk and the decodes, backend chosen by FlashInfer"
 
 
@@ -182,6 +247,8 @@ class FIBatchedAuto(_FIBatched):
 class FIPOD(_FlashInfer):
     name = "FI_POD"
     parts = ("prefill", "decode")
+    # plan() schedules the decode with the fa2 batch-prefill module's planner; run() loads POD's
+    jit_modules = (("batch_prefill", "fa2"), ("pod", "fa2"))
     description = "FlashInfer's POD-Attention: dense causal prefill fused with paged batch decode"
 
     def prepare(self, batch: HybridBatch) -> Callable[[], Outputs]:

@@ -8,6 +8,7 @@ rule build:
         f"{LOGS}/build/{{exp}}.log",
     params:
         flags=RUN_FLAGS,
+        prebuilt=PREBUILT_FLAG,
     resources:
         gpu=GPU_JOB,
     conda:
@@ -16,4 +17,4 @@ rule build:
         # progress lines (what compiles, for which shapes) go to the console and to the log; gpu_slot
         # pins the build to a GPU of its own (builds of two experiments may run side by side)
         "python -m experiments.gpu_slot --gpus {resources.gpu} -- "
-        "python -u -m experiments.build {input.experiment} --out {output} {params.flags} 2>&1 | tee {log}"
+        "python -u -m experiments.build {input.experiment} --out {output} {params.flags} {params.prebuilt} 2>&1 | tee {log}"

@@ -25,6 +25,10 @@ GPU_JOB = 0 if SMOKE else 1
 
 # Flags of the GPU-side commands (experiments.build and experiments.run).
 RUN_FLAGS = "--smoke --device cpu" if SMOKE else f"--device {config['device']}"
+# The build steps' flag installing FlashInfer modules compiled ahead of time (none in smoke runs:
+# FlashInfer does not run on the CPU).
+PREBUILT_FLAG = (f"--flashinfer-modules {config['flashinfer_modules']}"
+                 if config["flashinfer_modules"] and not SMOKE else "")
 # The same smoke flag for analysis and plotting (they read the experiment's smoke overrides).
 SMOKE_FLAG = "--smoke" if SMOKE else ""
 

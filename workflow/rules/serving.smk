@@ -23,6 +23,7 @@ if not SHIPPED:
             f"{LOGS}/serving/build.log",
         params:
             flags=SERVING_FLAGS,
+            prebuilt=PREBUILT_FLAG,
             root=lambda wildcards, output: str(Path(output[0]).parent.parent),
         resources:
             gpu=GPU_JOB,
@@ -30,7 +31,8 @@ if not SHIPPED:
             "../envs/harness.yaml"
         shell:
             "exec python -m experiments.gpu_slot --gpus {resources.gpu} -- "
-            "python -m serving.run {input.configs} --out {params.root} --stage build {params.flags} > {log} 2>&1"
+            "python -m serving.run {input.configs} --out {params.root} --stage build {params.flags} {params.prebuilt} "
+            "> {log} 2>&1"
 
     rule serving_gpu:
         """The engine's runs of one config (resumable: finished runs are skipped)."""
