@@ -17,5 +17,13 @@ WORKDIR /workspace/pod-harness
 COPY requirements/ requirements/
 RUN pip install -r requirements/gpu.txt
 COPY . .
+# Optional: FlashInfer's modules of every paper target compiled into the image for one GPU
+# architecture (nvcc needs no GPU), e.g. --build-arg FLASHINFER_ARCH=9.0; empty: FlashInfer compiles
+# them on first use, in the build step of a run.
+ARG FLASHINFER_ARCH=""
+RUN if [ -n "$FLASHINFER_ARCH" ]; then \
+        make flashinfer-modules ARCH="$FLASHINFER_ARCH" \
+        && python -m experiments.flashinfer_modules install "flashinfer-modules/sm$FLASHINFER_ARCH"; \
+    fi
 
 CMD ["make", "help"]

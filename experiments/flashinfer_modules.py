@@ -2,7 +2,8 @@
 
     python -m experiments.flashinfer_modules build EXPERIMENT_YAML... --arch 9.0 --out DIR [--serving CONFIG]
     python -m experiments.flashinfer_modules list EXPERIMENT_YAML... --arch 9.0 [--serving CONFIG]
-    python -m experiments.build EXPERIMENT_YAML --out MARKER.json --flashinfer-modules DIR   (on the GPU)
+    python -m experiments.flashinfer_modules install DIR        (into the installed FlashInfer)
+    python -m experiments.build EXPERIMENT_YAML --out MARKER.json --flashinfer-modules DIR   (the same, then warm)
 
 FlashInfer JIT-compiles each kernel family with nvcc the first time a wrapper plans or runs it
 (its POD module takes ~6 min per dtype and head dim on a 16-core GPU machine, fa3 minutes). nvcc
@@ -114,20 +115,31 @@ def cuda_home() -> str:
     return ""
 
 
-def curand_include(home: str) -> str:
-    """A directory holding curand_kernel.h when the toolkit at ``home`` has none: CUTLASS's
-    utilities, which FlashInfer's fa3 modules include, need it. PyPI's nvidia-curand wheel ships it
-    (site-packages/nvidia/cu*/include). '' when the toolkit has it or nothing was found."""
-    if not home or (Path(home) / "include" / "curand_kernel.h").exists():
-        return ""
+# Headers of CUDA libraries that FlashInfer's sources include (fa3 through CUTLASS's utilities: cuRAND;
+# the norm module through TensorRT-LLM's utilities: cuBLASLt), with the PyPI wheel that ships each
+# for a toolkit installed without them.
+LIBRARY_HEADERS = {"curand_kernel.h": "nvidia-curand", "cublasLt.h": "nvidia-cublas"}
+
+
+def wheel_includes(home: str) -> tuple:
+    """(include dirs, missing headers) for the LIBRARY_HEADERS the toolkit at ``home`` lacks: dirs
+    of NVIDIA's PyPI wheels (site-packages/nvidia/*/include) that hold them, and those found nowhere."""
+    dirs, missing = [], []
     try:
         import nvidia
+        roots = [Path(r) for r in getattr(nvidia, "__path__", [])]
     except ImportError:
-        return ""
-    for root in getattr(nvidia, "__path__", []):
-        for header in sorted(Path(root).glob("*/include/curand_kernel.h")):
-            return str(header.parent)
-    return ""
+        roots = []
+    for header in LIBRARY_HEADERS:
+        if home and (Path(home) / "include" / header).exists():
+            continue
+        found = [h.parent for r in roots for h in sorted(r.glob(f"*/include/{header}"))]
+        if found:
+            if str(found[0]) not in dirs:
+                dirs.append(str(found[0]))
+        else:
+            missing.append(header)
+    return dirs, missing
 
 
 def prepare_toolchain(arch: str, workdir: Path) -> dict:
@@ -136,7 +148,8 @@ def prepare_toolchain(arch: str, workdir: Path) -> dict:
     the toolkit has no driver stub (libcuda.so: CUDA installed without a driver, as on CPU build
     machines), FlashInfer's ``-lcuda`` links against an empty stand-in with the driver's soname
     (libcuda.so.1) in ``workdir``: the modules call the runtime API only, so the link merely
-    records the driver as a dependency, which the GPU machine's driver satisfies."""
+    records the driver as a dependency, which the GPU machine's driver satisfies. Library headers
+    the toolkit lacks are taken from NVIDIA's wheels where installed (``wheel_includes``)."""
     os.environ["FLASHINFER_CUDA_ARCH_LIST"] = arch_list(arch)
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
     home = cuda_home()
@@ -154,15 +167,13 @@ def prepare_toolchain(arch: str, workdir: Path) -> dict:
         if f"-L{stub_dir}" not in flags.split():
             os.environ["FLASHINFER_EXTRA_LDFLAGS"] = f"{flags} -L{stub_dir}".strip()
         stub = "empty stand-in (soname libcuda.so.1): the toolkit has no driver stub"
-    curand = curand_include(home)
-    if curand:
+    includes, missing = wheel_includes(home)
+    for d in includes:
         flags = os.environ.get("FLASHINFER_EXTRA_CUDAFLAGS", "")
-        if curand not in flags.split():
-            os.environ["FLASHINFER_EXTRA_CUDAFLAGS"] = f"{flags} -isystem {curand}".strip()
-    elif home and not (Path(home) / "include" / "curand_kernel.h").exists():
-        print(f"experiments.flashinfer_modules: {home} has no curand_kernel.h, which FlashInfer's fa3 modules "
-              "include (through CUTLASS): pip install nvidia-curand, or they fail to compile", file=sys.stderr)
-    return {"arch_list": arch_list(arch), "cuda_home": home, "libcuda": stub, "curand_include": curand}
+        if d not in flags.split():
+            os.environ["FLASHINFER_EXTRA_CUDAFLAGS"] = f"{flags} -isystem {d}".strip()
+    return {"arch_list": arch_list(arch), "cuda_home": home, "libcuda": stub, "wheel_includes": includes,
+            "missing_headers": missing}
 
 
 def _nvcc_version() -> str:
@@ -227,6 +238,9 @@ def build(modules: dict, arch: str, out: Path, log=print) -> dict:
         entry[1].extend(u for u in users if u not in entry[1])
     log(f"flashinfer {flashinfer.__version__} for sm {arch} ({arch_list(arch)}), {nvcc}, MAX_JOBS="
         f"{os.environ.get('MAX_JOBS')}: {len(specs)} module(s) into {out}")
+    for header in toolchain.get("missing_headers", []):
+        log(f"the CUDA toolkit ({toolchain.get('cuda_home') or 'not found'}) has no {header}, which some FlashInfer "
+            f"modules include: pip install {LIBRARY_HEADERS[header]}, or they fail to compile")
     failed: dict = {}
     for i, (name, (spec, users)) in enumerate(specs.items(), 1):
         target = out / name / f"{name}.so"
@@ -316,8 +330,13 @@ def jit_compiled_since(t0: float, jit_dir: Path | None = None) -> list:
 
 
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["install"]:
+        return _install_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("build", "list"), help="build the modules, or list what build would compile")
+    ap.add_argument("command", choices=("build", "list"),
+                    help="build the modules, or list what build would compile (install DIR: see install --help)")
     ap.add_argument("experiments", nargs="*", help="kernel experiment YAMLs (experiments/*.yaml, studies)")
     ap.add_argument("--serving", action="append", default=[], metavar="CONFIG",
                     help="serving configs (experiments/serving/*.yaml) whose GPU runs' modules to add")
@@ -355,6 +374,29 @@ def main(argv=None) -> int:
               "(no GPU needed to compile its modules)", file=sys.stderr)
         return 1
     build(modules, args.arch, Path(args.out), log=lambda line: print(f"[flashinfer-modules] {line}", flush=True))
+    return 0
+
+
+def _install_main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.flashinfer_modules install",
+                                 description="Install modules built by `build` into the installed FlashInfer "
+                                             "(the GPU's architecture is checked when a GPU is visible).")
+    ap.add_argument("directory", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        import torch
+
+        device = torch.device("cuda") if torch.cuda.is_available() else None
+        result = install(args.directory, device)
+    except ImportError as e:
+        print(f"experiments.flashinfer_modules: flashinfer is not importable ({e}); pip install flashinfer-python",
+              file=sys.stderr)
+        return 1
+    if result["status"] != "ok":
+        print(f"experiments.flashinfer_modules: not installed: {result['reason']}", file=sys.stderr)
+        return 1
+    print(f"installed {len(result['installed'])} module(s), {len(result['present'])} already there "
+          f"(built for sm {result['arch']}, {result['nvcc']})")
     return 0
 
 

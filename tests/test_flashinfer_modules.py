@@ -140,16 +140,17 @@ def test_a_module_that_fails_to_compile_is_named_and_costs_no_other(tmp_path, fa
     assert any("curand_kernel.h" in line for line in lines)
 
 
-def test_curand_headers_come_from_the_nvidia_wheel_when_the_toolkit_lacks_them(tmp_path, monkeypatch):
+def test_library_headers_come_from_nvidias_wheels_when_the_toolkit_lacks_them(tmp_path, monkeypatch):
     wheel = tmp_path / "site" / "nvidia"
     (wheel / "cu13" / "include").mkdir(parents=True)
     (wheel / "cu13" / "include" / "curand_kernel.h").write_text("")
     monkeypatch.setitem(sys.modules, "nvidia", types.SimpleNamespace(__path__=[str(wheel)]))
     toolkit = tmp_path / "cuda"
     (toolkit / "include").mkdir(parents=True)
-    assert fim.curand_include(str(toolkit)) == str(wheel / "cu13" / "include")
+    assert fim.wheel_includes(str(toolkit)) == ([str(wheel / "cu13" / "include")], ["cublasLt.h"])
     (toolkit / "include" / "curand_kernel.h").write_text("")
-    assert fim.curand_include(str(toolkit)) == ""
+    (toolkit / "include" / "cublasLt.h").write_text("")
+    assert fim.wheel_includes(str(toolkit)) == ([], [])
 
 
 def test_build_refuses_a_flashinfer_imported_for_another_arch(tmp_path, fake_flashinfer, monkeypatch):
@@ -224,6 +225,11 @@ def test_the_build_step_records_a_refused_install(tmp_path, capsys):
     assert marker["flashinfer_prebuilt"]["status"] == "refused"
     assert marker["flashinfer_jit_compiled"] == []
     assert "FlashInfer compiles them" in capsys.readouterr().out
+
+
+def test_install_names_a_directory_without_modules(tmp_path, capsys):
+    assert fim.main(["install", str(tmp_path)]) == 1
+    assert f"not installed: no manifest.json with modules in {tmp_path}" in capsys.readouterr().err
 
 
 def test_the_cli_lists_without_flashinfer_and_says_what_is_wrong(capsys):
