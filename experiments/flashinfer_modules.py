@@ -218,8 +218,9 @@ def build(modules: dict, arch: str, out: Path, log=print) -> dict:
     import flashinfer
     from flashinfer.jit import core as fi_core
 
-    want = {tuple(a.split(".")) for a in arch_list(arch).split()}
-    have = {(str(major), minor) for major, minor in fi_core.current_compilation_context.TARGET_CUDA_ARCHS}
+    # a context made now reads the arch list just set, normalized as FlashInfer does (10.0 -> 10.0a)
+    context = fi_core.current_compilation_context
+    want, have = type(context)().TARGET_CUDA_ARCHS, context.TARGET_CUDA_ARCHS
     if have != want:
         raise SystemExit(f"experiments.flashinfer_modules: flashinfer was imported before its arch list was set "
                          f"(it targets {sorted(have)}, not sm {arch}); build in a fresh process")

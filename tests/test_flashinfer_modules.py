@@ -90,17 +90,21 @@ class _FakeModule:
 @pytest.fixture
 def fake_flashinfer(monkeypatch):
     """A flashinfer whose compilation context targets what FLASHINFER_CUDA_ARCH_LIST said at import."""
-    context = types.SimpleNamespace(TARGET_CUDA_ARCHS=set())
+    class Context:
+        def __init__(self):
+            archs = os.environ.get("FLASHINFER_CUDA_ARCH_LIST", "")
+            self.TARGET_CUDA_ARCHS = {(int(a.split(".")[0]), a.split(".")[1]) for a in archs.split()}
+
+    context = Context()
     core = types.SimpleNamespace(current_compilation_context=context)
     jit = types.SimpleNamespace(core=core)
     monkeypatch.setitem(sys.modules, "flashinfer", types.SimpleNamespace(__version__="9.9.9", jit=jit))
     monkeypatch.setitem(sys.modules, "flashinfer.jit", jit)
     monkeypatch.setitem(sys.modules, "flashinfer.jit.core", core)
 
-    def toolchain(arch, workdir):
+    def toolchain(arch, workdir):   # as if set before flashinfer's import
         os.environ["FLASHINFER_CUDA_ARCH_LIST"] = fim.arch_list(arch)
-        major, minor = fim.arch_list(arch).split(".")
-        context.TARGET_CUDA_ARCHS = {(int(major), minor)}
+        context.__init__()
         return {"arch_list": fim.arch_list(arch), "cuda_home": "/cuda", "libcuda": "toolkit"}
 
     monkeypatch.setattr(fim, "prepare_toolchain", toolchain)
@@ -154,8 +158,9 @@ def test_library_headers_come_from_nvidias_wheels_when_the_toolkit_lacks_them(tm
 
 
 def test_build_refuses_a_flashinfer_imported_for_another_arch(tmp_path, fake_flashinfer, monkeypatch):
-    monkeypatch.setattr(fim, "prepare_toolchain", lambda arch, workdir: {})   # as if imported before
-    fake_flashinfer.TARGET_CUDA_ARCHS = {(8, "0")}
+    monkeypatch.setattr(fim, "prepare_toolchain", lambda arch, workdir: {})
+    fake_flashinfer.TARGET_CUDA_ARCHS = {(8, "0")}          # imported while the list said 8.0
+    monkeypatch.setenv("FLASHINFER_CUDA_ARCH_LIST", "9.0a")
     with pytest.raises(SystemExit, match="imported before its arch list was set"):
         fim.build({_FakeModule(_FakeSpec("m", tmp_path)): ["x"]}, "9.0", tmp_path / "out", log=lambda s: None)
 
