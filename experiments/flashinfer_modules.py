@@ -76,25 +76,17 @@ def serving_modules(configs: list, smoke: bool = False) -> dict:
     (serving/ops.py), which every GPU run loads when FlashInfer is installed."""
     from kernels.adapters.flashinfer import flashinfer_modules
     from serving.backends import registered
-    from serving.model import model_config, shard_config
     from serving.ops import FlashInferOps
-    from serving.run import GPU_KINDS, expand_runs, load_config
+    from serving.run import gpu_runs
 
     backends = registered()
     out: dict = {}
-    for path in configs:
-        for run in expand_runs(load_config(path, smoke)):
-            if run["kind"] not in GPU_KINDS:
-                continue
-            cfg = shard_config(model_config(run["model"]), int(run.get("tp", 1)))
-            dtype = run.get("dtype", "float16")
-            users = [(b, backends.get(b)) for b in (run.get("backends") or [run["backend"]])]
-            users.append(("ops", FlashInferOps))
-            for name, cls in users:
-                for m in flashinfer_modules(cls, dtype, cfg.head_dim) if cls is not None else ():
-                    out.setdefault(m, [])
-                    if name not in out[m]:
-                        out[m].append(name)
+    for _, cfg, dtype, names in gpu_runs(configs, smoke):
+        for name, cls in [(b, backends.get(b)) for b in names] + [("ops", FlashInferOps)]:
+            for m in flashinfer_modules(cls, dtype, cfg.head_dim) if cls is not None else ():
+                out.setdefault(m, [])
+                if name not in out[m]:
+                    out[m].append(name)
     return out
 
 

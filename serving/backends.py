@@ -316,8 +316,9 @@ class _FlashInferBackend(AttentionBackend):
 class FISerial(_FlashInferBackend):
     name = "FI_Serial"
     kernel_methods = ("FI_prefill_fa2", "FI_decode")
-    # FlashInfer modules loaded (experiments/flashinfer_modules.py): the paged batch prefill (fa2)
-    # serves the prefill and, as the tensor-core decode of 16-bit KV, the decode
+    # FlashInfer modules loaded (experiments/flashinfer_modules.py) with the default prefill_backend:
+    # the paged batch prefill (fa2) serves the prefill and, as the tensor-core decode of 16-bit KV,
+    # the decode
     jit_modules = (("batch_prefill", "fa2"),)
     description = "FlashInfer batch prefill over the paged cache, then batch decode (tensor cores)"
 

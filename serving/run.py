@@ -644,6 +644,18 @@ def run_profile(run, out_dir, prov, store, device):
     return summary
 
 
+def gpu_runs(configs: list[str], smoke: bool = False):
+    """(run, one rank's model config, dtype, backend names) of every GPU run of the configs: what
+    their build step compiles (here, and FlashInfer's modules ahead of time)."""
+    from .model import model_config, shard_config
+
+    for path in configs:
+        for run in expand_runs(load_config(path, smoke)):
+            if run["kind"] in GPU_KINDS:
+                cfg = shard_config(model_config(run["model"]), int(run.get("tp", 1)))   # one rank's heads
+                yield run, cfg, run.get("dtype", "float16"), run.get("backends") or [run["backend"]]
+
+
 def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: str | None = None,
                   flashinfer_modules: str | None = None) -> int:
     """The build step: JIT-compile (FlashInfer) and compile (Triton) every kernel the configs' GPU
@@ -655,22 +667,15 @@ def build_kernels(configs: list[str], root: Path, smoke: bool = False, device: s
     from experiments import build as kernel_build
 
     from .backends import registered
-    from .model import model_config, shard_config
 
     shapes, methods = {}, []
-    for path in configs:
-        for run in expand_runs(load_config(path, smoke)):
-            if run["kind"] not in GPU_KINDS:
-                continue
-            cfg = shard_config(model_config(run["model"]), int(run.get("tp", 1)))   # one rank's heads
-            dtype = run.get("dtype", "float16")
-            shapes[(cfg.q_heads, cfg.kv_heads, cfg.head_dim, dtype)] = run["model"] \
-                if isinstance(run["model"], str) else "custom"
-            backends = run.get("backends") or [run["backend"]]
-            for b in backends:
-                for m in getattr(registered().get(b), "kernel_methods", ()):
-                    if m not in methods:
-                        methods.append(m)
+    for run, cfg, dtype, backends in gpu_runs(configs, smoke):
+        shapes[(cfg.q_heads, cfg.kv_heads, cfg.head_dim, dtype)] = run["model"] \
+            if isinstance(run["model"], str) else "custom"
+        for b in backends:
+            for m in getattr(registered().get(b), "kernel_methods", ()):
+                if m not in methods:
+                    methods.append(m)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = root / "build"
     out.mkdir(parents=True, exist_ok=True)
