@@ -12,7 +12,8 @@ Needs root and Debian's packages (.ci/slurm-setup.sh) and takes minutes: marked 
 pyproject's addopts deselect; run it with `make test-slurm` (`pytest -m slurm -rA ...`). It skips
 with the reason where it cannot run, and fails instead when POD_REQUIRE_SLURM=1 (CI).
 
-The first test, on the two profiles' resources, is quick and runs with the unit tests.
+The first tests (the two profiles' resources; a cluster left behind by a killed session) are
+quick and run with the unit tests.
 """
 import importlib.util
 import io
@@ -27,7 +28,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from slurm.cluster import ACCOUNT, PARTITION, SlurmCluster, unavailable_reason
+from slurm.cluster import (ACCOUNT, CLUSTER_NAME, OWNER_PIDFILE, PARTITION, SlurmCluster, reclaim_left_behind,
+                           private_cluster_owner, unavailable_reason)
 from workflow_helpers import REPO, copy_checkout, snakemake
 
 EXPERIMENTS = ("figure11", "table7")
@@ -73,6 +75,65 @@ def test_slurm_and_local_profiles_agree_on_resources():
     assert slurm["default-resources"]["slurm_partition"] == "<PARTITION>"
 
 
+# ---- a cluster left behind by a killed session (quick, with the unit tests) --------------------
+def fake_cluster(tmp_path, owner_pid):
+    """A test cluster's state directory with a running stand-in slurmd (a copy of sleep, so that
+    its comm is slurmd) and the default-path link to its slurm.conf."""
+    import shutil
+    import subprocess
+    root = tmp_path / "state"
+    root.mkdir()
+    (root / "slurm.conf").write_text(f"ClusterName={CLUSTER_NAME}\nSlurmdPidFile={root}/slurmd.pid\n")
+    (root / OWNER_PIDFILE).write_text(f"{owner_pid}\n")
+    slurmd = tmp_path / "slurmd"
+    shutil.copy(shutil.which("sleep"), slurmd)
+    proc = subprocess.Popen([str(slurmd), "300"])
+    (root / "slurmd.pid").write_text(f"{proc.pid}\n")
+    link = tmp_path / "etc" / "slurm.conf"
+    link.parent.mkdir()
+    link.symlink_to(root / "slurm.conf")
+    return root, link, proc
+
+
+def dead_pid():
+    import subprocess
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_cluster_of_a_killed_session_is_reclaimed(tmp_path):
+    root, link, proc = fake_cluster(tmp_path, owner_pid=dead_pid())
+    try:
+        assert private_cluster_owner(link) == (root, None)
+        events = reclaim_left_behind(link)
+        assert proc.wait(timeout=30) is not None, "the left-behind daemon must be stopped"
+        assert not link.is_symlink() and not link.exists()
+        assert any("killed test session" in e for e in events) and any("slurmd" in e for e in events)
+    finally:
+        proc.kill()
+
+
+def test_cluster_of_a_running_session_is_left_alone(tmp_path):
+    root, link, proc = fake_cluster(tmp_path, owner_pid=os.getpid())  # this pytest: a live python
+    try:
+        assert private_cluster_owner(link) == (root, os.getpid())
+        assert reclaim_left_behind(link) == []
+        assert link.is_symlink() and proc.poll() is None
+    finally:
+        proc.kill()
+
+
+def test_a_machines_own_slurm_is_not_a_test_cluster(tmp_path):
+    conf = tmp_path / "site.conf"
+    conf.write_text("ClusterName=production\n")
+    link = tmp_path / "slurm.conf"
+    link.symlink_to(conf)
+    assert private_cluster_owner(link) is None and reclaim_left_behind(link) == []
+    assert private_cluster_owner(conf) is None  # a plain file: never ours
+    assert link.exists()
+
+
 # ---- the cluster run ---------------------------------------------------------------------------
 def unavailable(why):
     if REQUIRED:
@@ -86,7 +147,8 @@ def cluster(request, tmp_path_factory):
     expr = request.config.getoption("markexpr") or ""
     if not REQUIRED and ("slurm" not in expr or "not slurm" in expr):
         pytest.skip("the SLURM cluster test runs only when selected: `make test-slurm` (pytest -m slurm)")
-    why = unavailable_reason()
+    # CI waits for another session's cluster (one SLURM per machine) rather than failing at once.
+    why = unavailable_reason(wait_s=1800 if REQUIRED else 0)
     if why:
         unavailable(f"no private SLURM here: {why}")
     for module in ("snakemake_executor_plugin_slurm", "snakemake_executor_plugin_slurm_jobstep"):

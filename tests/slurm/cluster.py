@@ -44,12 +44,23 @@ class SlurmUnavailable(RuntimeError):
     """This machine cannot run the private cluster (not root, or the Debian packages are missing)."""
 
 
-def unavailable_reason() -> str | None:
-    """Why a private cluster cannot start here, or None."""
+def unavailable_reason(wait_s: float = 0) -> str | None:
+    """Why a private cluster cannot start here, or None. A test cluster of another running session
+    is waited for up to ``wait_s`` seconds (two CI runs on one machine take turns)."""
     if os.geteuid() != 0:
         return "needs root (slurmd runs jobs as any user; munged and slurmd run as root here)"
     if DEFAULT_CONF.is_symlink() and not DEFAULT_CONF.exists():
         DEFAULT_CONF.unlink()  # dangling: left by a test cluster that was killed before its teardown
+    owner = private_cluster_owner(DEFAULT_CONF)
+    deadline = time.monotonic() + wait_s
+    while owner is not None and owner[1] is not None and time.monotonic() < deadline:
+        time.sleep(5)
+        owner = private_cluster_owner(DEFAULT_CONF)
+    if owner is not None and owner[1] is not None:
+        return (f"{DEFAULT_CONF} belongs to the test cluster of another running session (pid {owner[1]}); "
+                "run one SLURM test session at a time")
+    if owner is not None:
+        reclaim_left_behind(DEFAULT_CONF)
     if DEFAULT_CONF.exists() or DEFAULT_CONF.is_symlink():
         return (f"{DEFAULT_CONF} exists: this machine has its own SLURM, which the test leaves alone "
                 "(a test cluster's jobs need that path)")
@@ -58,6 +69,61 @@ def unavailable_reason() -> str | None:
         return (f"no {', '.join(missing)} on PATH: install Debian's slurm-wlm, slurmdbd, munge and "
                 "mariadb-server (.ci/slurm-setup.sh does, as root)")
     return None
+
+
+DAEMON_PIDFILES = {"slurmd.pid": "slurmd", "slurmctld.pid": "slurmctld", "slurmdbd.pid": "slurmdbd",
+                   "mysql/mariadbd.pid": "mariadbd", "munge/munged.pid": "munged"}
+OWNER_PIDFILE = "owner.pid"  # the test process whose teardown removes the cluster
+
+
+def private_cluster_owner(conf: Path) -> tuple[Path, int | None] | None:
+    """(root, live owner pid or None) when ``conf`` is a symbolic link to a test cluster's
+    slurm.conf, None when it is anything else (a machine's own SLURM)."""
+    if not conf.is_symlink() or not conf.exists():
+        return None
+    target = Path(os.readlink(conf))
+    try:
+        if f"ClusterName={CLUSTER_NAME}\n" not in target.read_text():
+            return None
+    except OSError:
+        return None
+    root = target.parent
+    owner = _pid(root / OWNER_PIDFILE)
+    # A pid of a process that is no longer python (reused after a restart) is not an owner.
+    if owner is not None and _alive(owner) and "python" in _comm(owner):
+        return root, owner
+    return root, None
+
+
+def reclaim_left_behind(conf: Path) -> list[str]:
+    """Stop the daemons of a test cluster whose test process was killed before its teardown (a
+    CI job cut off at its time limit) and remove its ``conf`` link, so the next session can run."""
+    found = private_cluster_owner(conf)
+    if found is None or found[1] is not None:
+        return []
+    events = [f"{conf} -> {found[0] / 'slurm.conf'} left by a killed test session"]
+    events += _stop_daemons(found[0])
+    conf.unlink()
+    return events
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _stop_daemons(root: Path) -> list[str]:
+    """Stop each daemon named by a pid file under ``root`` that still runs that daemon."""
+    events = []
+    for pidfile, name in DAEMON_PIDFILES.items():
+        pid = _pid(root / pidfile)
+        # comm is cut to 15 characters; a reused pid runs something else.
+        if pid is not None and _alive(pid) and _comm(pid) == name[:15]:
+            _stop(pid)
+            events.append(f"stopped {name} pid {pid}")
+    return events
 
 
 def free_port() -> int:
@@ -276,6 +342,7 @@ class SlurmCluster:
     def _start(self) -> None:
         for d in ("munge", "mysql", "ctld", "slurmd", "log"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
+        (self.root / OWNER_PIDFILE).write_text(f"{os.getpid()}\n")
         # munged refuses keys, sockets and logs that others can write or read.
         os.chmod(self.root, 0o755)
         os.chmod(self.root / "munge", 0o700)
@@ -405,11 +472,7 @@ class SlurmCluster:
                     time.sleep(1)
             except (subprocess.SubprocessError, OSError):
                 pass
-        for pidfile in ("slurmd.pid", "slurmctld.pid", "slurmdbd.pid", "mysql/mariadbd.pid", "munge/munged.pid"):
-            pid = _pid(self.root / pidfile)
-            if pid is not None and _alive(pid):
-                _stop(pid)
-                self.events.append(f"stopped {pidfile.split('/')[-1][:-4]} pid {pid}")
+        self.events += _stop_daemons(self.root)
         if self._mariadb is not None and self._mariadb.poll() is None:  # no pid file yet
             _stop(self._mariadb.pid)
             self.events.append(f"stopped mariadbd pid {self._mariadb.pid}")
