@@ -7,7 +7,7 @@ reading the KV cache (serving/kv_cache.py) in place; the iteration's new K/V are
   FI_Serial  FlashInfer batch prefill (paged) then batch decode (tensor cores)
   FI_Batched FlashInfer one batch-prefill call (fa2) over prefill chunks and decodes
   FI_POD     FlashInfer's POD-Attention (dense prefill + paged decode in one kernel)
-  POD        our Triton POD kernel (kernels/pod), whatever its current defaults are
+  POD        our POD method as the kernel benchmarks run it (kernels/adapters/pod_triton.py)
 
 ``begin(meta)`` plans once per iteration (shared by all layers, as FlashInfer's wrappers intend);
 ``forward(layer, q, meta, timer)`` launches. ``timer(label)`` marks "<part>:begin"/"<part>:end"
@@ -99,6 +99,10 @@ class AttentionBackend:
     # metadata computed from the meta's device tensors only, host lengths read as bounds
     # (serving/graphs.py)
     supports_decode_graphs: ClassVar[bool] = False
+    # seconds of engine work that are not the iteration's (a plan's candidates timed on first
+    # sight of a shape, as an autotuner does at start-up); the engine leaves them out of the
+    # iteration's duration, as it does JIT compiles
+    untimed_seconds: float = 0.0
 
     def __init__(self, cfg: LlamaConfig, cache: KVCache, **options):
         self.cfg, self.cache, self.options = cfg, cache, options
@@ -119,6 +123,13 @@ class AttentionBackend:
 
     def info(self) -> dict:
         return {"impl": self._impl}
+
+    def counters(self) -> dict:
+        """Counters of this backend for a run's summary (since ``reset_counters``)."""
+        return {}
+
+    def reset_counters(self) -> None:
+        """Start the run's counters (the engine calls it after its warm-up)."""
 
 
 def _mark(timer, label):
@@ -412,16 +423,55 @@ class FIPOD(FISerial):
         return {"impl": self._impl, "fused_iterations": self.fused, "fallback_iterations": self.fallback}
 
 
-# ---------------------------------------------------------------- our POD (Triton)
+# ---------------------------------------------------------------- our POD
 class _PodView:
-    """The attributes of kernels.workload.HybridBatch that our launcher reads, for one iteration of
-    the engine: variable decode lengths (``decode_seqlens``), block tables into the layer's pages."""
+    """The attributes of kernels.workload.HybridBatch that our kernel families read, for one
+    iteration of the engine on one layer's tensors: variable decode lengths (``decode_seqlens``),
+    block tables into the layer's pages, and the contiguous views the Gluon Hopper kernel loads
+    with TMA (the prefill's keys, which the engine reserves contiguously at admission; the dense
+    decode view, used only where the decode pages are laid out request after request, which
+    kernels.hopper.launch.shape_unsupported checks)."""
 
-    def __init__(self, spec, device, q, k_pool, v_pool, seqlens, bt_d, bt_p):
+    def __init__(self, spec, device, q, k_pool, v_pool, seqlens, bt_d, bt_p, prefill_base: int):
         self.spec, self.device, self.q = spec, device, q
-        self.q_p, self.q_d = q[: spec.prefill_len], q[spec.prefill_len:]
         self.k_pool, self.v_pool = k_pool, v_pool
         self.decode_seqlens, self._bt_d, self._bt_p = seqlens, bt_d, bt_p
+        self.decode_pages_per_req = bt_d.shape[1] if spec.decode_batch else 0
+        self._prefill_base = prefill_base
+        self.extras: dict = {}
+
+    @property
+    def q_p(self):
+        return self.q[: self.spec.prefill_len]
+
+    @property
+    def q_d(self):
+        return self.q[self.spec.prefill_len:]
+
+    def _flat(self, pool):
+        m = self.spec.model
+        return pool.view(-1, m.kv_heads, m.head_dim)
+
+    @property
+    def k_p(self):
+        return self._flat(self.k_pool)[self._prefill_base: self._prefill_base + self.spec.prefill_kv_len]
+
+    @property
+    def v_p(self):
+        return self._flat(self.v_pool)[self._prefill_base: self._prefill_base + self.spec.prefill_kv_len]
+
+    def _dense_decode(self, pool):
+        s, m = self.spec, self.spec.model
+        cap = self.decode_pages_per_req * s.page_size
+        return self._flat(pool)[: s.decode_batch * cap].view(s.decode_batch, cap, m.kv_heads, m.head_dim)
+
+    @property
+    def k_d(self):
+        return self._dense_decode(self.k_pool)
+
+    @property
+    def v_d(self):
+        return self._dense_decode(self.v_pool)
 
     def decode_block_table(self):
         return self._bt_d
@@ -430,19 +480,29 @@ class _PodView:
         return self._bt_p
 
 
+# plan "measured": the decisions of our POD method per (options, device), shared by the engines of
+# one process (a run's engine is new, the GPU is not), as Triton's autotuner keeps its choices
+_POD_DECISIONS: dict = {}
+
+
 @register
 class POD(AttentionBackend):
-    """Our Triton POD kernel (kernels/pod) with its default knobs (YAML options: PodConfig fields),
-    paged KV through block tables: one fused launch per layer for hybrid batches, the prefill or
-    decode launch alone otherwise. One launch is prepared per iteration and re-pointed at each
-    layer's tensors (same shapes and strides), so planning stays out of the per-layer path.
+    """Our POD method exactly as the kernel benchmarks run it (kernels/adapters/pod_triton.py
+    ``POD``, YAML options: PodConfig fields): per iteration it prepares what that method runs for
+    the iteration's batch (under its default measured plan: our serial path, the Gluon Hopper
+    prefill where it runs then our Triton decode, or a fused Triton launch; the fused Gluon Hopper
+    kernel only with ``hopper_fused: true``, see __init__), on layer 0's tensors, and re-points the prepared
+    launches at each layer's queries and K/V (kernels/common/repoint.py), so planning stays out of
+    the per-layer path. Serving's default ``plan_key`` is ``pow2``: every iteration's exact lengths
+    are new, so a decision is kept per power-of-two bucket of them. Timing the plan's candidates
+    (a bucket's first iteration) is untimed engine work, as a JIT compile is (``untimed_seconds``).
     On the CPU it needs TRITON_INTERPRET=1 (slow: tests use the tiny model)."""
 
     name = "POD"
     kernel_methods = ("OURS_prefill", "OURS_decode", "POD")
     devices = ("cuda", "cpu")
     supports_decode_graphs = True
-    description = "our POD-Attention kernel (Triton), SM-aware CTA scheduling"
+    description = "our POD-Attention method (its measured plan: serial with our Hopper prefill, or fused)"
 
     @classmethod
     def unavailable_reason(cls, device):
@@ -457,22 +517,69 @@ class POD(AttentionBackend):
 
     def __init__(self, cfg, cache, **options):
         super().__init__(cfg, cache, **options)
-        from kernels.pod.plan import PodConfig
+        from kernels.registry import create as create_method
 
-        options = {"kv_layout": "paged", **options}
+        # hopper_fused off: the fused Gluon Hopper kernel reads the decodes' K/V as one dense view
+        # (request b at row b * capacity), which the engine's pool does not give; a decision kept
+        # per bucket would then meet batches it cannot run
+        options = {"kv_layout": "paged", "plan_key": "pow2", "hopper_fused": False, **options}
         if options["kv_layout"] != "paged":
             raise ValueError("the serving engine's POD reads the paged cache: kv_layout must be 'paged'")
-        self.pod_config = PodConfig(**options)
+        self.method = create_method("POD", **options)
+        self.pod_config = self.method.config
+        self._options_key = repr(sorted(options.items()))
         self.last_plan = None
+        self.untimed_seconds = 0.0
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        """Start the run's counters (the engine calls it after its warm-up)."""
+        self.plan_measurements, self.plan_measure_s = 0, 0.0
+        self.choices: dict = {}
+
+    def counters(self) -> dict:
+        """What POD ran on the hybrid iterations since the warm-up, and the plan's timing work."""
+        return {"pod_choices": " ".join(f"{k}:{v}" for k, v in sorted(self.choices.items())),
+                "plan_measurements": self.plan_measurements, "plan_measure_s": self.plan_measure_s}
+
+    def _untimed(self, measure):
+        """``measure`` ({name: fn}, device) -> {name: ms}, its seconds (less the JIT compiles in
+        it, which the engine's compile clock already leaves out) added to ``untimed_seconds``."""
+        from .engine import CompileClock
+
+        def timed(fns, device):
+            import time
+
+            t0 = time.perf_counter()
+            with CompileClock().measuring() as clock:
+                out = measure(fns, device)
+            spent = time.perf_counter() - t0
+            self.untimed_seconds += max(0.0, spent - clock.seconds)
+            self.plan_measurements += 1
+            self.plan_measure_s += spent
+            return out
+        return timed
+
+    def _bind_device(self, device) -> None:
+        from kernels.adapters import pod_triton
+
+        key = (self._options_key, str(device))
+        if self.method.measured is _POD_DECISIONS.get(key):
+            return
+        self.method.measured = _POD_DECISIONS.setdefault(key, {})
+        self.method.measure = self._untimed(pod_triton._median_ms_each)
+        if torch.device(device).type == "cuda":    # off a GPU the heuristic's split count runs
+            self.method.measure_split = self._untimed(pod_triton._median_ms_each)
 
     def begin(self, meta):
-        from kernels.pod.launch import MODE_DECODE, MODE_POD, MODE_PREFILL, PodLaunch, num_sms
-        from kernels.pod.plan import make_plan
+        from kernels.common.repoint import Repointer, place_outputs, prepared_launches
+        from kernels.registry import MethodUnavailable
         from kernels.workload import BatchSpec, ModelShape
 
         if len(meta.prefills) > 1:
             raise BackendUnavailable("POD takes at most one prefill chunk per batch (Sarathi's batches)")
         c, dev, bs = self.cfg, meta.device, meta.block_size
+        self._bind_device(dev)
         lp = meta.prefill_tokens
         kv_p = meta.prefills[0][3] if meta.prefills else 0
         B = meta.num_decodes
@@ -480,57 +587,45 @@ class POD(AttentionBackend):
         dtype = str(self.cache.dtype).removeprefix("torch.")
         spec = BatchSpec(shape, dtype, prefill_len=lp, prefill_kv_len=kv_p, decode_batch=B,
                          decode_ctx=max(meta.decode_kv, default=0), page_size=bs)
-        mode = MODE_POD if (lp and B) else (MODE_PREFILL if lp else MODE_DECODE)
-        plan = make_plan(spec, mode, num_sms(dev), self.pod_config)
-        self.last_plan = plan.as_dict()
         dummy = torch.zeros((1, 1), dtype=torch.int32, device=dev)
-        bt_p = dummy
+        bt_p, base_p = dummy, 0
         if lp:
-            base_blk = meta.prefills[0][2] // bs
-            bt_p = (base_blk + torch.arange(-(-kv_p // bs), device=dev, dtype=torch.int32))[None]
+            base_p = meta.prefills[0][2]
+            bt_p = (base_p // bs + torch.arange(-(-kv_p // bs), device=dev, dtype=torch.int32))[None]
         bt_d, seqlens = dummy, torch.zeros(1, dtype=torch.int32, device=dev)
         if B:
             width = -(-max(meta.decode_kv) // bs)
             bt_d = (meta.decode_base_t[:, None] // bs + torch.arange(width, device=dev, dtype=torch.int32)[None]).int()
             seqlens = meta.decode_kv_t
         k0, v0 = self.cache.layer(0)
-        q0 = torch.empty((meta.num_tokens, c.q_heads, c.head_dim), dtype=self.cache.dtype, device=dev)
-        view = _PodView(spec, dev, q0, k0, v0, seqlens, bt_d, bt_p)
-        launch = PodLaunch(view, plan, True)
-        # one output buffer (T, H, d) whose halves are the launch's prefill and decode outputs, for
-        # the kernel and for the merge of split partials alike
+        # zeros, not garbage: a shape's first sight times the plan's candidates on these queries
+        q0 = torch.zeros((meta.num_tokens, c.q_heads, c.head_dim), dtype=self.cache.dtype, device=dev)
+        view = _PodView(spec, dev, q0, k0, v0, seqlens, bt_d, bt_p, base_p)
+        try:
+            run = self.method.prepare(view)
+        except MethodUnavailable as e:
+            raise BackendUnavailable(f"POD: {e}") from e
+        launches = prepared_launches(run)
+        # one output buffer (T, H, d) whose halves are the prefill and decode outputs of every launch
         self._out = torch.empty_like(q0)
-        swap = {}
-        if launch.do_p:
-            swap[id(launch.out_p)] = self._out[:lp]
-        if launch.do_d:
-            swap[id(launch.out_d)] = self._out[lp:]
-        for kwargs in (launch.kwargs, launch.merger.kwargs):
-            kwargs.update({name: swap[id(a)] for name, a in kwargs.items() if id(a) in swap})
-        # the kernel arguments to re-point at each layer's queries and K/V, by name
-        self._slots = {key: [name for name, a in launch.kwargs.items() if a is obj]
-                       for key, obj in (("qp", view.q_p), ("qd", view.q_d), ("k", k0), ("v", v0))}
-        self._launch, self._mode, self._lp = launch, mode, lp
-        self._grid = plan.n_prefill_ctas + plan.n_decode_ctas if mode == MODE_POD else (
-            plan.n_prefill_ctas if mode == MODE_PREFILL else plan.n_decode_ctas)
+        place_outputs(launches, self._out[:lp] if lp else None, self._out[lp:] if B else None)
+        self._repoint = Repointer(launches, {"q": q0, "k": k0, "v": v0})
+        self._run = run
+        self.last_plan = self.method.last_plan
+        if lp and B:
+            choice = (self.last_plan or {}).get("choice") or {}
+            kind = choice.get("kind", "fused")
+            name = f"fused{choice.get('ctas_per_sm')}" if kind == "fused" else kind
+            self.choices[name] = self.choices.get(name, 0) + 1
 
     def forward(self, li, q, meta, timer=None):
-        L, lp = self._launch, self._lp
         k, v = self.cache.layer(li)
-        for key, t in (("qp", q[:lp]), ("qd", q[lp:]), ("k", k), ("v", v)):
-            for name in self._slots[key]:
-                L.kwargs[name] = t
+        self._repoint.point({"q": q, "k": k, "v": v})
         _mark(timer, "attention:begin")
-        L.launch(self._mode, self._grid)
-        L.merge()
+        self._run()
         _mark(timer, "attention:end")
         return self._out
 
     def info(self):
-        p = self.last_plan or {}
-        t = p.get("tiles", {})
-        impl = "triton POD (kernels/pod)"
-        if p:
-            impl += (f" cps{p.get('ctas_per_sm')} tiles {t.get('block_m')}x{t.get('block_n')}/"
-                     f"{t.get('decode_rows')}x{t.get('decode_n')} split {p.get('n_splits_p')}/{p.get('n_splits_d')} (last plan)")
-        return {"impl": impl}
+        impl = self.method.info().get("impl", "") if self.last_plan else ""
+        return {"impl": f"our POD (kernels/adapters/pod_triton.py): {impl} (last plan)" if impl else "our POD"}

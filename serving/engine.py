@@ -266,17 +266,17 @@ class Engine:
     @torch.inference_mode()
     def execute(self, batch: Batch, index: int = 0) -> float:
         """Run one iteration and append each sampling request's token. Returns the seconds that
-        are not part of the iteration (a decode graph's one-time capture, Triton JIT compiles; 0
-        otherwise)."""
+        are not part of the iteration (a decode graph's one-time capture, Triton JIT compiles, a
+        backend's plan timing on a shape's first sight: ``untimed_seconds``; 0 otherwise)."""
         arrays = self.batch_arrays(batch)
         if self.graphs is not None and self.timer is None and self.graphs.key(arrays) is not None:
             logits, untimed = self.graphs.run(arrays)     # a capture's compiles are in its untimed
             self._sample(batch, logits)
             return untimed
-        before = self.compile_clock.seconds
+        before, before_backend = self.compile_clock.seconds, self.backend.untimed_seconds
         with self.compile_clock.measuring():
             self._execute_eager(batch, arrays)
-        return self.compile_clock.seconds - before
+        return self.compile_clock.seconds - before + self.backend.untimed_seconds - before_backend
 
     def _execute_eager(self, batch: Batch, arrays: dict) -> None:
         meta = meta_from_arrays(arrays, self.device)
@@ -334,7 +334,7 @@ class Engine:
         """Decode-graph and JIT-compile counters for a run's summary (``decode_graphs`` False when
         off; compiles since the warm-up)."""
         graphs = self.graphs.stats() if self.graphs is not None else {"decode_graphs": False}
-        return {**graphs, **self.compile_clock.stats()}
+        return {**graphs, **self.compile_clock.stats(), **self.backend.counters()}
 
     def run(self, specs: list[RequestSpec], scheduler_cfg: dict, max_iterations: int | None = None,
             select=None, on_iteration=None) -> LoopResult:
@@ -354,6 +354,7 @@ class Engine:
         specs = [RequestSpec(i, max(1, min(p, cap)), output_len) for i, p in enumerate(prompt_lens)]
         self.run(specs, cfg)
         self.compile_clock = CompileClock()    # a run's summary counts the compiles the warm-up missed
+        self.backend.reset_counters()
 
     def synthetic_batch(self, prefill_tokens: int, prefill_kv: int, num_decodes: int, decode_ctx: int,
                         shortest: int | None = None) -> Batch:

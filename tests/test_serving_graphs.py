@@ -44,7 +44,14 @@ def test_static_decode_path_equals_eager(backend, options):
     for a, b in zip(eager.logits_log, graphed.logits_log):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert eager.run_counters() == {"decode_graphs": False, "jit_compiles": 0, "jit_compile_s": 0.0}
+    counters = eager.run_counters()
+    assert {k: counters[k] for k in ("decode_graphs", "jit_compiles", "jit_compile_s")} == {
+        "decode_graphs": False, "jit_compiles": 0, "jit_compile_s": 0.0}
+    if backend == "POD":      # what POD ran on each hybrid iteration, and its plan's timing work
+        hybrid = [it for it in res_e.iterations if it["prefill_tokens"] and it["num_decodes"]]
+        ran = dict(c.split(":") for c in counters["pod_choices"].split())
+        assert hybrid and sum(map(int, ran.values())) == len(hybrid)
+        assert counters["plan_measurements"] >= 1 and counters["plan_measure_s"] > 0
 
 
 def test_check_backends_reports_graphed_rows():

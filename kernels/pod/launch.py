@@ -189,7 +189,7 @@ def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan | None, plan_d: Launch
     """Prefill launch then decode launch (own tiles each), on one stream or on two streams.
     ``run_p``, a prepared prefill callable of another kernel (the Gluon Hopper prefill), replaces
     ``plan_p``'s. The callable's ``launch_states`` are the states of this family's launches in it
-    (one launch has ``launch_state``)."""
+    (one launch has ``launch_state``); its ``parts`` are the two prepared callables, in launch order."""
     if run_p is None:
         run_p = prepare_launch(batch, plan_p, paged)
     run_d = prepare_launch(batch, plan_d, paged)
@@ -199,7 +199,7 @@ def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan | None, plan_d: Launch
             out = run_p()
             out.update(run_d())
             return out
-        run.launch_states = states
+        run.launch_states, run.parts = states, (run_p, run_d)
         return run
     if batch.device.type != "cuda":
         raise ValueError("streams need a CUDA device")
@@ -216,7 +216,7 @@ def prepare_serial(batch: HybridBatch, plan_p: LaunchPlan | None, plan_d: Launch
         main.wait_stream(s_p)
         main.wait_stream(s_d)
         return out
-    run_streams.launch_states = states
+    run_streams.launch_states, run_streams.parts = states, (run_p, run_d)
     return run_streams
 
 
