@@ -490,8 +490,9 @@ class POD(AttentionBackend):
     """Our POD method exactly as the kernel benchmarks run it (kernels/adapters/pod_triton.py
     ``POD``, YAML options: PodConfig fields): per iteration it prepares what that method runs for
     the iteration's batch (under its default measured plan: our serial path, the Gluon Hopper
-    prefill where it runs then our Triton decode, or a fused Triton launch; the fused Gluon Hopper
-    kernel only with ``hopper_fused: true``, see __init__), on layer 0's tensors, and re-points the prepared
+    prefill where it runs then our Triton decode; a fused Triton launch; or the fused Gluon Hopper
+    kernel, which reads each request's keys from the request's first row of the pool), on layer 0's
+    tensors, and re-points the prepared
     launches at each layer's queries and K/V (kernels/common/repoint.py), so planning stays out of
     the per-layer path. Serving's default ``plan_key`` is ``pow2``: every iteration's exact lengths
     are new, so a decision is kept per power-of-two bucket of them. Timing the plan's candidates
@@ -519,10 +520,7 @@ class POD(AttentionBackend):
         super().__init__(cfg, cache, **options)
         from kernels.registry import create as create_method
 
-        # hopper_fused off: the fused Gluon Hopper kernel reads the decodes' K/V as one dense view
-        # (request b at row b * capacity), which the engine's pool does not give; a decision kept
-        # per bucket would then meet batches it cannot run
-        options = {"kv_layout": "paged", "plan_key": "pow2", "hopper_fused": False, **options}
+        options = {"kv_layout": "paged", "plan_key": "pow2", **options}
         if options["kv_layout"] != "paged":
             raise ValueError("the serving engine's POD reads the paged cache: kv_layout must be 'paged'")
         self.method = create_method("POD", **options)

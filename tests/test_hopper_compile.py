@@ -20,7 +20,9 @@ SMEM_PER_SM = 228 * 1024
 VARIANTS = ([f"prefill:{d}:{dt}" for d in (64, 128) for dt in ("float16", "bfloat16")] + ["prefill:256:bfloat16"]
             + [f"pod:{d}:{dt}" for d in (64, 128) for dt in ("float16", "bfloat16")]
             + ["decode:64:float16", "decode:128:bfloat16", "decode:256:float16"]
-            + ["prefill:128:float16:pingpong", "prefill:256:bfloat16:pingpong", "pod:128:bfloat16:pingpong"])
+            + ["prefill:128:float16:pingpong", "prefill:256:bfloat16:pingpong", "pod:128:bfloat16:pingpong"]
+            # each decode request's first row from kv_starts (a serving pool's layout)
+            + ["pod:128:float16:kv_starts", "decode:64:bfloat16:kv_starts"])
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +99,13 @@ def test_pingpong_adds_the_turn_barriers(reports, variant):
     for k in ("mbarrier_wait", "mbarrier_arrive"):
         assert rep["ptx"][k] >= base["ptx"][k] + 3 * 2, (k, rep["ptx"][k], base["ptx"][k])
     assert rep["ptx"]["wgmma"] == base["ptx"]["wgmma"]
+
+
+def test_kv_starts_variant_reads_each_requests_first_row(reports):
+    """The KV_STARTS variant differs from the dense one by the load of kv_starts[b] (one more
+    global load); the rest of the pipeline, registers and shared memory are the same."""
+    dense, starts = reports["pod:128:float16"], reports["pod:128:float16:kv_starts"]
+    assert starts["ptx"]["ld_global"] == dense["ptx"]["ld_global"] + 1
+    same = ("wgmma", "mma_sync", "tma_load", "setmaxnreg", "mbarrier_wait")
+    assert {k: starts["ptx"][k] for k in same} == {k: dense["ptx"][k] for k in same}
+    assert starts["shared"] == dense["shared"] and starts["setmaxnreg_values"] == dense["setmaxnreg_values"]

@@ -14,7 +14,7 @@ import torch
 
 from kernels.common.repoint import Repointer, place_outputs, prepared_launches
 from kernels.hopper.emulate import emulate
-from kernels.hopper.launch import HopperLaunch, shape_unsupported
+from kernels.hopper.launch import HopperLaunch, decode_kv_starts, shape_unsupported
 from kernels.hopper.plan import MODE_POD, MODE_PREFILL, HopperConfig
 from kernels.hopper.plan import make_plan as hopper_plan
 from kernels.pod.launch import MODE_DECODE as TRITON_DECODE, MODE_POD as TRITON_POD, MODE_PREFILL as TRITON_PREFILL
@@ -104,21 +104,24 @@ def test_hopper_launch_repointed_at_another_layer_has_that_layers_descriptors():
             assert value.data_ptr() not in {q1.data_ptr(), k[1].data_ptr(), v[1].data_ptr()}
 
 
-def test_fused_hopper_kernel_takes_only_decode_pages_laid_out_request_after_request():
+def test_fused_hopper_kernel_reads_each_requests_pages_wherever_they_lie():
     k, v = pools()
     q = queries(3)
     scattered = view(0, k, v, q)
     plan = hopper_plan(scattered.spec, 8, MODE_POD, HopperConfig())
-    assert "not contiguous" in shape_unsupported(scattered, plan)
-    width = 3
-    dense_pages = [[b * width + i for i in range(width)] for b in range(3)]
-    dense = view(0, k, v, q, decode_pages=dense_pages)
-    assert shape_unsupported(dense, plan) is None
-    got = emulate(dense, plan)["decode"]
-    kd = torch.stack([k[0][p].reshape(-1, MODEL.kv_heads, MODEL.head_dim) for p in dense_pages])
-    vd = torch.stack([v[0][p].reshape(-1, MODEL.kv_heads, MODEL.head_dim) for p in dense_pages])
-    ref = reference_attention(q[PREFILL_LEN:, None], kd, vd, DECODE_KV)[:, 0]
-    assert ((got - ref).norm() / ref.norm()) < 2e-3
+    assert shape_unsupported(scattered, plan) is None
+    assert decode_kv_starts(scattered).tolist() == [p[0] * BS for p in DECODE_PAGES]
+    launch = HopperLaunch(scattered, plan)
+    assert launch.meta["KV_STARTS"] and same_view(launch.kwargs["kd_desc"].base, k[0].reshape(-1, 128))
+    got = emulate(scattered, plan)
+    ref = paged_reference(q, k, v, 0)
+    for part in ("prefill", "decode"):
+        assert ((got[part] - ref[part]).norm() / ref[part].norm()) < 2e-3, part
+    # the harness's layout (request b at row b * capacity) keeps the kernel's dense rows
+    dense = view(0, k, v, q, decode_pages=[[b * 3 + i for i in range(3)] for b in range(3)])
+    assert decode_kv_starts(dense) is None and "KV_STARTS" not in HopperLaunch(dense, plan).meta
+    torn = view(0, k, v, q, decode_pages=[[10, 12, 11], [20, 21, 22], [30, 31, 32]])
+    assert "not contiguous" in shape_unsupported(torn, plan)
 
 
 def test_triton_launches_repointed_and_writing_into_one_buffer():

@@ -193,7 +193,8 @@ class _TritonPod(Method):
             if run is not None:   # elsewhere (no sm_90, a layout it does not take) not a candidate
                 runs["hopper"], plans["hopper"] = run, {"kernel": HOPPER, **plan}
         times = {name: float(ms) for name, ms in self.measure(runs, batch.device).items()}
-        self.measured[key] = measured_choice(times, self.config.fuse_margin, "/".join(map(str, key)))
+        rejected = disagreeing_candidates(runs, batch.spec.dtype)
+        self.measured[key] = measured_choice(times, self.config.fuse_margin, "/".join(map(str, key)), rejected)
         return self.measured[key], (runs, plans)
 
     def cta_timeline(self, batch, warmup: int = 2):
@@ -250,6 +251,31 @@ def _decode_split_text(plan: dict, with_count: bool = True) -> str:
     if with_count:
         return f" split {plan['n_splits_d']} (measured of {','.join(times)})"
     return f" (decode split measured of {','.join(times)})"
+
+
+def disagreeing_candidates(runs: dict, dtype: str) -> dict:
+    """{name: relative difference} of the candidates whose outputs differ from the serial
+    candidate's by more than twice the dtype's tolerance against the reference (or are not
+    finite): a launch that is fast because it computes something else is never chosen."""
+    from kernels.reference import tolerance
+
+    serial = {part: out.float() for part, out in runs["serial"]().items()}
+    bad = {}
+    for name, run in runs.items():
+        if name == "serial":
+            continue
+        worst = 0.0
+        for part, out in run().items():
+            if part not in serial:
+                continue
+            ref = serial[part]
+            diff = torch.linalg.vector_norm(out.float() - ref)
+            norm = torch.linalg.vector_norm(ref)
+            rel = float(diff / norm) if float(norm) > 0 else float(diff)
+            worst = max(worst, rel if rel == rel else float("inf"))   # NaN: not finite
+        if worst > 2 * tolerance(dtype):
+            bad[name] = worst
+    return bad
 
 
 # decode_split "measured": (device, tiles, layout, decode shape) -> (split count, {split: ms})

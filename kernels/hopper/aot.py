@@ -5,10 +5,13 @@ TRITON_INTERPRET must not be set where Gluon compiles).
     python -m kernels.hopper.aot [MODE:HEAD_DIM:DTYPE[:FLAG,...] ...]    # prints one JSON line per variant
 
 FLAG: a HopperConfig field, ``name`` (set true) or ``name=value``, e.g.
-``prefill:128:float16:pingpong`` or ``prefill:128:float16:stages=3,pingpong``.
+``prefill:128:float16:pingpong`` or ``prefill:128:float16:stages=3,pingpong``; or ``kv_starts``:
+the decode requests' pages in reverse order (each request's contiguous, as a serving pool lays
+them out), which the kernel's KV_STARTS variant reads.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,6 +27,7 @@ PTX_PATTERNS = {
     "tma_load": r"cp\.async\.bulk\.tensor",
     "mbarrier_wait": r"mbarrier\.try_wait",
     "mbarrier_arrive": r"mbarrier\.arrive\.",
+    "ld_global": r"ld\.global",
     "ld_local": r"ld\.local",
     "st_local": r"st\.local",
 }
@@ -45,11 +49,20 @@ def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: i
     spec = BatchSpec(ModelShape(f"t{q_heads}-{kv_heads}-{head_dim}", q_heads, kv_heads, head_dim), dtype=dtype,
                      prefill_len=0 if mode == "decode" else 300, prefill_kv_len=0 if mode == "decode" else 700,
                      decode_batch=0 if mode == "prefill" else 5, decode_ctx=333)
+    options = dict(options or {})
+    reversed_requests = options.pop("kv_starts", False)
     batch = HybridBatch.allocate(spec, device="cpu")
-    plan = make_plan(spec, 132, mode, HopperConfig(**(options or {})))
-    ck = aot_compile(HopperLaunch(batch, plan))
+    if reversed_requests:
+        batch = _RequestsReversed(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)})
+    plan = make_plan(spec, 132, mode, HopperConfig(**options))
+    launch = HopperLaunch(batch, plan)
+    if reversed_requests and not launch.meta.get("KV_STARTS"):
+        raise AssertionError("the reversed decode pages did not select the KV_STARTS variant")
+    ck = aot_compile(launch)
     ptx = ck.asm["ptx"]
-    rep = {"mode": mode, "head_dim": head_dim, "dtype": dtype, "options": options or {}, "shared": ck.metadata.shared,
+    if reversed_requests:
+        options["kv_starts"] = True
+    rep = {"mode": mode, "head_dim": head_dim, "dtype": dtype, "options": options, "shared": ck.metadata.shared,
            "num_warps": ck.metadata.num_warps, "smem_operands": plan.tiles.smem_bytes(head_dim),
            "launch_regs": plan.tiles.launch_regs(), "ctas_per_sm": plan.tiles.ctas_per_sm,
            "ptx": {k: len(re.findall(p, ptx)) for k, p in PTX_PATTERNS.items()},
@@ -63,6 +76,22 @@ def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: i
             rep["sass"] = {k: len(re.findall(p, sass)) for k, p in SASS_PATTERNS.items()}
         rep.update(res)
     return rep
+
+
+def _requests_reversed_class():
+    from kernels.workload import HybridBatch
+
+    class RequestsReversed(HybridBatch):
+        """The harness's batch with its decode requests' pages in reverse request order."""
+
+        def decode_block_table(self):
+            return super().decode_block_table().flip(0)
+
+    return RequestsReversed
+
+
+def _RequestsReversed(**fields):
+    return _requests_reversed_class()(**fields)
 
 
 def _option(flag: str):

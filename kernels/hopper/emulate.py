@@ -14,6 +14,7 @@ import torch
 
 from kernels.workload import HybridBatch
 
+from .launch import decode_kv_starts
 from .plan import BLOCK_M, DECODE_ROWS, WG_ROWS, HopperPlan, cta_items, decode_item, prefill_item
 
 LOG2E = 1.4426950408889634
@@ -117,10 +118,19 @@ def emulate(batch: HybridBatch, plan: HopperPlan, rank_order=None) -> dict:
         out["prefill"] = o
     if t.has_decode and s.has_decode:
         bs, bn, S = s.decode_batch, t.decode_n, plan.n_splits_d
-        cap = batch.k_d.shape[1]
         q2 = batch.q_d.reshape(bs * H, d).cpu()
-        k2 = batch.k_d.reshape(bs * cap, Hkv * d).cpu()
-        v2 = batch.v_d.reshape(bs * cap, Hkv * d).cpu()
+        # the launch's descriptors (kernels/hopper/launch.py): the dense view with request b at row
+        # b * cap, or the whole pool with each request's first row in kv_starts
+        starts = decode_kv_starts(batch)
+        if starts is None:
+            cap = batch.k_d.shape[1]
+            k2 = batch.k_d.reshape(bs * cap, Hkv * d).cpu()
+            v2 = batch.v_d.reshape(bs * cap, Hkv * d).cpu()
+            starts = [b * cap for b in range(bs)]
+        else:
+            k2 = batch.k_pool.reshape(-1, Hkv * d).cpu()
+            v2 = batch.v_pool.reshape(-1, Hkv * d).cpu()
+            starts = starts.cpu().tolist()
         seqlens = batch.decode_seqlens.cpu().tolist()
         o = torch.full((bs, H, d), float("nan"))
         po = torch.full((S, bs, H, d), float("nan"))
@@ -133,8 +143,8 @@ def emulate(batch: HybridBatch, plan: HopperPlan, rank_order=None) -> dict:
                 q = _box(q2, b * H + kvh * G + hb * DECODE_ROWS, 0, DECODE_ROWS, d)
                 blocks = []
                 for j in range(lo, hi):
-                    k = _box(k2, b * cap + j * bn, kvh * d, bn, d)
-                    v = _box(v2, b * cap + j * bn, kvh * d, bn, d)
+                    k = _box(k2, starts[b] + j * bn, kvh * d, bn, d)
+                    v = _box(v2, starts[b] + j * bn, kvh * d, bn, d)
                     if (j + 1) * bn > L:
                         v = torch.where((j * bn + torch.arange(bn) < L)[:, None], v, torch.zeros_like(v))
                     blocks.append((j, k, v))

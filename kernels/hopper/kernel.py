@@ -270,14 +270,20 @@ def _prefill_consumer(q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready
 # ----------------------------------------------------------------------------------------------
 @gluon.jit
 def _decode_producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_ready, q_empty, k_ready, v_ready,
-                     kv_empty, seqlens_ptr, rank, grid, n_items, H, GROUP, HKV, n_hblocks, n_splits, cap,
-                     D: gl.constexpr, BH: gl.constexpr, BND: gl.constexpr, STAGES: gl.constexpr):
-    """One warp: the group's query rows of each item, then its K/V blocks into the ring."""
+                     kv_empty, seqlens_ptr, kv_starts_ptr, rank, grid, n_items, H, GROUP, HKV, n_hblocks, n_splits,
+                     cap, D: gl.constexpr, BH: gl.constexpr, BND: gl.constexpr, STAGES: gl.constexpr,
+                     KV_STARTS: gl.constexpr):
+    """One warp: the group's query rows of each item, then its K/V blocks into the ring. A
+    request's keys start at row b * cap of the K/V descriptors, or (KV_STARTS) at the row
+    kv_starts[b] names (a serving pool: each request's pages contiguous, the requests anywhere)."""
     it = 0
     cnt = 0
     for i in range(rank, n_items, grid):
         b, kvh, hb, split, L, lo, hi = _decode_coords(i, seqlens_ptr, HKV, n_hblocks, n_splits, BND)
-        kv_row = b * cap
+        if KV_STARTS:
+            kv_row = gl.load(kv_starts_ptr + b)
+        else:
+            kv_row = b * cap
         mbarrier.wait(q_empty, (cnt & 1) ^ 1)
         mbarrier.expect(q_ready, q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [b * H + kvh * GROUP + hb * BH, 0], q_ready, q_smem)
@@ -383,14 +389,16 @@ def pod_hopper_kernel(
     # prefill: Q (Lq, H*D), K/V (Lk, Hkv*D) as 2-D TMA descriptors; output (Lq, H, D)
     qp_desc, kp_desc, vp_desc, op_ptr, pop_ptr, plsep_ptr,
     Lq, Lk, H, GROUP, n_mblocks, n_splits_p, n_p_items, s_opt,
-    # decode: Q (B*H, D), K/V (B*cap, Hkv*D) as 2-D TMA descriptors; output (B, H, D)
-    qd_desc, kd_desc, vd_desc, od_ptr, pod_ptr, plsed_ptr, seqlens_ptr,
+    # decode: Q (B*H, D), K/V (B*cap, Hkv*D) as 2-D TMA descriptors, or with KV_STARTS the whole
+    # pool's (tokens, Hkv*D) and each request's first row in kv_starts_ptr; output (B, H, D)
+    qd_desc, kd_desc, vd_desc, od_ptr, pod_ptr, plsed_ptr, seqlens_ptr, kv_starts_ptr,
     B, HKV, n_hblocks, n_splits_d, n_d_items, cap,
     qk_scale, sched_ptr, trace_ptr,
     D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
     BH: gl.constexpr, BND: gl.constexpr, DSTAGES: gl.constexpr,
     HAS_P: gl.constexpr, HAS_D: gl.constexpr, CAUSAL: gl.constexpr, TRACE: gl.constexpr,
     P_REGS: gl.constexpr, D_REGS: gl.constexpr, L_REGS: gl.constexpr, PINGPONG: gl.constexpr,
+    KV_STARTS: gl.constexpr = False,
 ):
     """Prefill and/or decode attention of a hybrid batch; grid = persistent CTAs (plan.grid)."""
     grid = gl.num_programs(0)
@@ -447,8 +455,8 @@ def pod_hopper_kernel(
                                  kr_p, vr_p, ke_p, ve_p, rank, grid, n_p_items, H, GROUP, n_mblocks, n_splits_p,
                                  Lq, Lk, D, BM, BN, STAGES, CAUSAL)),
             (_decode_producer, (qd_desc, kd_desc, vd_desc, q_d, k_d, v_d, bars_d.index(0), bars_d.index(1),
-                                kr_d, vr_d, ke_d, seqlens_ptr, rank, grid, n_d_items, H, GROUP, HKV, n_hblocks,
-                                n_splits_d, cap, D, BH, BND, DSTAGES)),
+                                kr_d, vr_d, ke_d, seqlens_ptr, kv_starts_ptr, rank, grid, n_d_items, H, GROUP, HKV,
+                                n_hblocks, n_splits_d, cap, D, BH, BND, DSTAGES, KV_STARTS)),
         ], [4, 4, 1, 1], [P_REGS, D_REGS, L_REGS, L_REGS])
     elif HAS_P:
         gl.warp_specialize([
@@ -468,7 +476,7 @@ def pod_hopper_kernel(
                                 od_ptr, pod_ptr, plsed_ptr, seqlens_ptr, rank, grid, n_d_items, B, H, GROUP, HKV,
                                 n_hblocks, n_splits_d, qk_scale, D, BH, BND, DSTAGES)),
             (_decode_producer, (qd_desc, kd_desc, vd_desc, q_d, k_d, v_d, bars_d.index(0), bars_d.index(1),
-                                kr_d, vr_d, ke_d, seqlens_ptr, rank, grid, n_d_items, H, GROUP, HKV, n_hblocks,
-                                n_splits_d, cap, D, BH, BND, DSTAGES)),
+                                kr_d, vr_d, ke_d, seqlens_ptr, kv_starts_ptr, rank, grid, n_d_items, H, GROUP, HKV,
+                                n_hblocks, n_splits_d, cap, D, BH, BND, DSTAGES, KV_STARTS)),
         ], [1], [L_REGS])
     _release_rank(sched_ptr, grid)

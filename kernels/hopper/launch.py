@@ -6,9 +6,12 @@ Layouts (kernels/workload.py): the prefill queries ``q_p`` (Lq, H, d) are seen a
 matrix and its keys/values ``k_p``/``v_p`` (Lk, Hkv, d) as (Lk, Hkv*d); a TMA box [rows, d] at
 column ``head*d`` is one head's tile, and rows past Lq/Lk come back as zeros. The decode queries
 ``q_d`` (B, H, d) are (B*H, d) (a box of 16 rows from the group's first head), and the decode K/V
-are the dense view of the paged pool, (B, cap, Hkv, d) -> (B*cap, Hkv*d): each request's pages
-are contiguous in the harness's pool (kernels/workload.py ``decode_block_table``), which
-``HopperLaunch`` checks; other page tables are refused (MethodUnavailable upstream).
+are the dense view of the paged pool, (B, cap, Hkv, d) -> (B*cap, Hkv*d), where request b's pages
+follow request b-1's (the harness's pool, kernels/workload.py ``decode_block_table``). Where each
+request's pages are contiguous but the requests lie anywhere in the pool (a serving engine's pool,
+reserved at admission), the K/V descriptors cover the whole pool, (pages*page_size, Hkv*d), and
+``kv_starts`` holds each request's first row (the kernel's KV_STARTS variant). Page tables whose
+requests' pages are not contiguous are refused (MethodUnavailable upstream).
 """
 from __future__ import annotations
 
@@ -67,12 +70,22 @@ def shape_unsupported(batch: HybridBatch, plan: HopperPlan) -> str | None:
     if batch.q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {batch.q.dtype} not supported (fp16/bf16 only: wgmma operands)"
     if plan.tiles.has_decode and s.has_decode:
-        bt = batch.decode_block_table()
-        want = (torch.arange(s.decode_batch, device=bt.device)[:, None] * batch.decode_pages_per_req
-                + torch.arange(batch.decode_pages_per_req, device=bt.device)[None, :])
-        if not torch.equal(bt.long(), want):
-            return "decode pages are not contiguous per request (TMA reads the dense view)"
+        bt = batch.decode_block_table().long()
+        if not torch.equal(bt, bt[:, :1] + torch.arange(bt.shape[1], device=bt.device)[None, :]):
+            return "decode pages are not contiguous per request (TMA reads each request's keys as one run of rows)"
     return None
+
+
+def decode_kv_starts(batch: HybridBatch) -> torch.Tensor | None:
+    """Each decode request's first K/V row in the pool (int32), or None where request b starts at
+    row b * capacity (the dense view). Assumes ``shape_unsupported`` found each request's pages
+    contiguous."""
+    s = batch.spec
+    bt = batch.decode_block_table()
+    first = bt[:, 0].long()
+    if torch.equal(first, torch.arange(s.decode_batch, device=bt.device) * batch.decode_pages_per_req):
+        return None
+    return (first * s.page_size).int()
 
 
 def _gl_dtype(dt: torch.dtype):
@@ -88,12 +101,15 @@ def _desc(t2d: torch.Tensor, rows: int, d: int):
     return TensorDescriptor.from_tensor(t2d, [rows, d], layout)
 
 
-def kernel_meta(plan: HopperPlan, head_dim: int, has_p: bool, has_d: bool, trace: bool = False) -> dict:
+def kernel_meta(plan: HopperPlan, head_dim: int, has_p: bool, has_d: bool, trace: bool = False,
+                kv_starts: bool = False) -> dict:
     t = plan.tiles
     meta = dict(D=head_dim, BM=BLOCK_M, BN=t.block_n, STAGES=t.stages, BH=DECODE_ROWS, BND=t.decode_n,
                 DSTAGES=t.decode_stages, HAS_P=has_p, HAS_D=has_d, CAUSAL=plan.causal, TRACE=trace,
                 P_REGS=t.consumer_regs, D_REGS=t.decode_regs, L_REGS=t.producer_regs,
                 PINGPONG=bool(t.pingpong and has_p), num_warps=4, maxnreg=t.launch_regs())
+    if kv_starts:       # only then: the harness's launches keep their b * cap rows
+        meta["KV_STARTS"] = True
     return meta
 
 
@@ -145,26 +161,34 @@ class HopperLaunch(MergedLaunch):
         else:
             kw.update(_NO_PREFILL, qp_desc=_desc(dummy_x, WG_ROWS, d), kp_desc=_desc(dummy_x, t.block_n, d),
                       vp_desc=_desc(dummy_x, t.block_n, d), op_ptr=dummy_x, pop_ptr=dummy_f, plsep_ptr=dummy_f)
+        self.kv_starts = decode_kv_starts(batch) if self.do_d else None
         if self.do_d:
-            cap = batch.k_d.shape[1]
             qd = batch.q_d.reshape(spec.decode_batch * H, d)
-            kd = batch.k_d.reshape(spec.decode_batch * cap, Hkv * d)
-            vd = batch.v_d.reshape(spec.decode_batch * cap, Hkv * d)
+            if self.kv_starts is None:
+                cap = batch.k_d.shape[1]
+                kd = batch.k_d.reshape(spec.decode_batch * cap, Hkv * d)
+                vd = batch.v_d.reshape(spec.decode_batch * cap, Hkv * d)
+            else:
+                cap = 0
+                kd = batch.k_pool.reshape(-1, Hkv * d)
+                vd = batch.v_pool.reshape(-1, Hkv * d)
             kw.update(qd_desc=_desc(qd, DECODE_ROWS, d), kd_desc=_desc(kd, t.decode_n, d),
                       vd_desc=_desc(vd, t.decode_n, d), od_ptr=self.out_d, pod_ptr=po_d, plsed_ptr=plse_d,
-                      seqlens_ptr=batch.decode_seqlens, B=spec.decode_batch, n_hblocks=plan.n_hblocks,
+                      seqlens_ptr=batch.decode_seqlens,
+                      kv_starts_ptr=self.kv_starts if self.kv_starts is not None else dummy_i,
+                      B=spec.decode_batch, n_hblocks=plan.n_hblocks,
                       n_splits_d=plan.n_splits_d, n_d_items=plan.n_decode_items, cap=cap)
         else:
             kw.update(_NO_DECODE, qd_desc=_desc(dummy_x, DECODE_ROWS, d), kd_desc=_desc(dummy_x, t.decode_n, d),
                       vd_desc=_desc(dummy_x, t.decode_n, d), od_ptr=dummy_x, pod_ptr=dummy_f, plsed_ptr=dummy_f,
-                      seqlens_ptr=dummy_i)
+                      seqlens_ptr=dummy_i, kv_starts_ptr=dummy_i)
         self.sched = torch.zeros(SCHED_INTS, device=dev, dtype=torch.int32)
         self.trace = torch.full((plan.grid,), -1, device=dev, dtype=torch.int32) if trace else dummy_i
         kw.update(qk_scale=spec.sm_scale * LOG2E, sched_ptr=self.sched, trace_ptr=self.trace)
         self.kwargs = kw
         if not (self.do_p or self.do_d):
             raise ValueError(f"a {t.mode} plan computes no part of this batch")
-        self.meta = kernel_meta(plan, d, self.do_p, self.do_d, trace)
+        self.meta = kernel_meta(plan, d, self.do_p, self.do_d, trace, kv_starts=self.kv_starts is not None)
         self.grid = plan.grid
         self.head_dim = d
 
@@ -183,4 +207,5 @@ def aot_compile(launch: HopperLaunch, arch: int = 90):
 
 
 __all__ = ["HopperLaunch", "aot_compile", "unavailable_reason", "num_sms", "shape_unsupported", "kernel_meta",
+           "decode_kv_starts",
            "MODE_PREFILL", "MODE_DECODE", "MODE_POD"]

@@ -298,12 +298,16 @@ class ExecutionChoice:
     # "measured" the times measured on this GPU
     predicted_ms: dict = field(default_factory=dict)
     calibration: str = ""      # "model": Calibration.ident; "measured": the key the times were measured for
+    # "measured": candidates left out because their outputs disagreed with the serial path's
+    # ({name: relative difference}; see measured_choice)
+    rejected: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         """'plan model: predicted serial 1.23 vs fused2 1.31 ms, cal X' and the like (impl column)."""
         p = self.predicted_ms
-        if not p:
-            return f"plan {self.rule}"
+        out = "".join(f"; {k} rejected (differs from serial by {v:.3g})" for k, v in sorted(self.rejected.items()))
+        if not any(k != "serial" for k in p):
+            return f"plan {self.rule}{out}"
         how = "measured" if self.rule == "measured" else "predicted"
         fused = min((v, k) for k, v in p.items() if k != "serial")
         if self.kind == "serial":
@@ -312,7 +316,7 @@ class ExecutionChoice:
             won = "hopper" if self.kind == "hopper" else f"fused{self.ctas_per_sm}"
             text = f"{how} {won} {p[won]:.4g} < serial {p['serial']:.4g} ms"
         source = f"key {self.calibration}" if self.rule == "measured" else f"cal {self.calibration}"
-        return f"plan {self.rule}: {text}, {source}"
+        return f"plan {self.rule}: {text}, {source}{out}"
 
 
 def _nominal_calibration():
@@ -363,18 +367,23 @@ def plan_key(spec: BatchSpec, how: str = "exact") -> tuple:
     return (m.q_heads, m.kv_heads, m.head_dim, str(spec.dtype), spec.page_size, spec.causal, *lengths)
 
 
-def measured_choice(times_ms: dict, margin: float = DEFAULT_FUSE_MARGIN, key: str = "") -> ExecutionChoice:
+def measured_choice(times_ms: dict, margin: float = DEFAULT_FUSE_MARGIN, key: str = "",
+                    rejected: dict | None = None) -> ExecutionChoice:
     """The execution ``times_ms`` ({"serial": ms, "fused2": ms, "fused4": ms[, "hopper": ms]},
     measured on the GPU) says is fastest: the fastest fused launch if it beats serial by at least
-    ``margin``, else serial."""
-    if "serial" not in times_ms or not any(k.startswith("fused") or k == "hopper" for k in times_ms):
+    ``margin``, else serial. ``rejected`` ({name: relative difference}) names fused candidates
+    whose outputs disagreed with serial's: never chosen, recorded in the choice."""
+    rejected = dict(rejected or {})
+    if "serial" not in times_ms or not any(k.startswith("fused") or k == "hopper" for k in list(times_ms) + list(rejected)):
         raise ValueError(f"need a serial and at least one fused time, got {sorted(times_ms)}")
-    best_t, best_k = min((t, k) for k, t in times_ms.items() if k != "serial")
+    times_ms = {k: t for k, t in times_ms.items() if k not in rejected}
+    fused = [(t, k) for k, t in times_ms.items() if k != "serial"]
+    best_t, best_k = min(fused) if fused else (float("inf"), "")
     if best_t < (1.0 - margin) * times_ms["serial"]:
         if best_k == "hopper":
-            return ExecutionChoice("hopper", 0, "measured", dict(times_ms), key)
-        return ExecutionChoice("fused", int(best_k.removeprefix("fused")), "measured", dict(times_ms), key)
-    return ExecutionChoice("serial", 0, "measured", dict(times_ms), key)
+            return ExecutionChoice("hopper", 0, "measured", dict(times_ms), key, rejected)
+        return ExecutionChoice("fused", int(best_k.removeprefix("fused")), "measured", dict(times_ms), key, rejected)
+    return ExecutionChoice("serial", 0, "measured", dict(times_ms), key, rejected)
 
 
 def _fixed_ratio(policy) -> tuple[int, int] | None:
