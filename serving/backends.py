@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -428,9 +429,10 @@ class _PodView:
     """The attributes of kernels.workload.HybridBatch that our kernel families read, for one
     iteration of the engine on one layer's tensors: variable decode lengths (``decode_seqlens``),
     block tables into the layer's pages, and the contiguous views the Gluon Hopper kernel loads
-    with TMA (the prefill's keys, which the engine reserves contiguously at admission; the dense
-    decode view, used only where the decode pages are laid out request after request, which
-    kernels.hopper.launch.shape_unsupported checks)."""
+    with TMA: the prefill's keys (the engine reserves a request's blocks contiguously at
+    admission) and the decodes' dense view, which the kernel reads only where request b starts at
+    row b * capacity (elsewhere it reads the pool from each request's first row,
+    kernels.hopper.launch.decode_kv_starts)."""
 
     def __init__(self, spec, device, q, k_pool, v_pool, seqlens, bt_d, bt_p, prefill_base: int):
         self.spec, self.device, self.q = spec, device, q
@@ -488,22 +490,21 @@ _POD_DECISIONS: dict = {}
 @register
 class POD(AttentionBackend):
     """Our POD method exactly as the kernel benchmarks run it (kernels/adapters/pod_triton.py
-    ``POD``, YAML options: PodConfig fields): per iteration it prepares what that method runs for
-    the iteration's batch (under its default measured plan: our serial path, the Gluon Hopper
-    prefill where it runs then our Triton decode; a fused Triton launch; or the fused Gluon Hopper
-    kernel, which reads each request's keys from the request's first row of the pool), on layer 0's
-    tensors, and re-points the prepared
-    launches at each layer's queries and K/V (kernels/common/repoint.py), so planning stays out of
-    the per-layer path. Serving's default ``plan_key`` is ``pow2``: every iteration's exact lengths
-    are new, so a decision is kept per power-of-two bucket of them. Timing the plan's candidates
-    (a bucket's first iteration) is untimed engine work, as a JIT compile is (``untimed_seconds``).
+    ``POD``, YAML options: PodConfig fields). Per iteration it prepares what that method runs for
+    the iteration's batch, on layer 0's tensors: under its default measured plan our serial path
+    (the Gluon Hopper prefill where it runs, then our Triton decode), a fused Triton launch, or
+    the fused Gluon Hopper kernel. It then re-points the prepared launches at each layer's queries
+    and K/V (kernels/common/repoint.py), so planning stays out of the per-layer path. Serving's
+    default ``plan_key`` is ``pow2``: every iteration's exact lengths are new, so a decision is
+    kept per power-of-two bucket of them. Timing the plan's candidates (a bucket's first
+    iteration) is untimed engine work, as a JIT compile is (``untimed_seconds``).
     On the CPU it needs TRITON_INTERPRET=1 (slow: tests use the tiny model)."""
 
     name = "POD"
     kernel_methods = ("OURS_prefill", "OURS_decode", "POD")
     devices = ("cuda", "cpu")
     supports_decode_graphs = True
-    description = "our POD-Attention method (its measured plan: serial with our Hopper prefill, or fused)"
+    description = "our POD-Attention method (its measured plan: serial with our Hopper prefill, Triton or Hopper fused)"
 
     @classmethod
     def unavailable_reason(cls, device):
@@ -546,8 +547,6 @@ class POD(AttentionBackend):
         from .engine import CompileClock
 
         def timed(fns, device):
-            import time
-
             t0 = time.perf_counter()
             with CompileClock().measuring() as clock:
                 out = measure(fns, device)
