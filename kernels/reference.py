@@ -125,10 +125,12 @@ def tolerance(dtype: str) -> float:
     return TOLERANCES[str(dtype_of(dtype)).removeprefix("torch.")]
 
 
-def check_outputs(outputs: dict, reference: dict, dtype: str, parts: Iterable[str] | None = None) -> CheckResult:
+def check_outputs(outputs: dict, reference: dict, dtype: str, parts: Iterable[str] | None = None,
+                  tol: float | None = None) -> CheckResult:
     """Compare each part of ``outputs`` with ``reference``: present, same shape, finite, and
-    ||out - ref|| / ||ref|| within the dtype tolerance. Reports the worst part's errors."""
-    tol = tolerance(dtype)
+    ||out - ref|| / ||ref|| within ``tol`` (default: the dtype tolerance). Reports the worst part's
+    errors."""
+    tol = tolerance(dtype) if tol is None else tol
     parts = list(reference) if parts is None else list(parts)
     worst_abs, worst_rel = 0.0, 0.0
     if not isinstance(outputs, dict):

@@ -257,24 +257,16 @@ def disagreeing_candidates(runs: dict, dtype: str) -> dict:
     """{name: relative difference} of the candidates whose outputs differ from the serial
     candidate's by more than twice the dtype's tolerance against the reference (or are not
     finite): a launch that is fast because it computes something else is never chosen."""
-    from kernels.reference import tolerance
+    from kernels.reference import check_outputs, tolerance
 
     serial = {part: out.float() for part, out in runs["serial"]().items()}
     bad = {}
     for name, run in runs.items():
         if name == "serial":
             continue
-        worst = 0.0
-        for part, out in run().items():
-            if part not in serial:
-                continue
-            ref = serial[part]
-            diff = torch.linalg.vector_norm(out.float() - ref)
-            norm = torch.linalg.vector_norm(ref)
-            rel = float(diff / norm) if float(norm) > 0 else float(diff)
-            worst = max(worst, rel if rel == rel else float("inf"))   # NaN: not finite
-        if worst > 2 * tolerance(dtype):
-            bad[name] = worst
+        chk = check_outputs(run(), serial, dtype, tol=2 * tolerance(dtype))
+        if not chk.ok:
+            bad[name] = chk.rel_err if chk.rel_err == chk.rel_err else float("inf")   # NaN: not finite
     return bad
 
 
