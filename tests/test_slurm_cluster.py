@@ -124,6 +124,20 @@ def test_cluster_of_a_running_session_is_left_alone(tmp_path):
         proc.kill()
 
 
+def test_a_reused_pid_is_not_the_owner(tmp_path):
+    """owner.pid records the owner's start time: a live process that got the dead owner's pid (any
+    program, pytest run directly or through python) does not keep the cluster alive."""
+    root, link, proc = fake_cluster(tmp_path, owner_pid=os.getpid())
+    try:
+        (root / OWNER_PIDFILE).write_text(f"{os.getpid()} 1\n")     # started at tick 1: not this process
+        assert private_cluster_owner(link) == (root, None)
+        start = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        (root / OWNER_PIDFILE).write_text(f"{os.getpid()} {start}\n")
+        assert private_cluster_owner(link) == (root, os.getpid())
+    finally:
+        proc.kill()
+
+
 def test_a_machines_own_slurm_is_not_a_test_cluster(tmp_path):
     conf = tmp_path / "site.conf"
     conf.write_text("ClusterName=production\n")

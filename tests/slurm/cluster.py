@@ -89,8 +89,12 @@ def private_cluster_owner(conf: Path) -> tuple[Path, int | None] | None:
         return None
     root = target.parent
     owner = _pid(root / OWNER_PIDFILE)
-    # A pid of a process that is no longer python (reused after a restart) is not an owner.
-    if owner is not None and _alive(owner) and "python" in _comm(owner):
+    try:
+        recorded = (root / OWNER_PIDFILE).read_text().split()[1:2]
+    except OSError:
+        recorded = []
+    # the pid of another process (reused after the owner died) is not the owner: its start time differs
+    if owner is not None and _alive(owner) and (not recorded or recorded[0] == _start_time(owner)):
         return root, owner
     return root, None
 
@@ -105,6 +109,14 @@ def reclaim_left_behind(conf: Path) -> list[str]:
     events += _stop_daemons(found[0])
     conf.unlink()
     return events
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), '' if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def _comm(pid: int) -> str:
@@ -342,7 +354,7 @@ class SlurmCluster:
     def _start(self) -> None:
         for d in ("munge", "mysql", "ctld", "slurmd", "log"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
-        (self.root / OWNER_PIDFILE).write_text(f"{os.getpid()}\n")
+        (self.root / OWNER_PIDFILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
         # munged refuses keys, sockets and logs that others can write or read.
         os.chmod(self.root, 0o755)
         os.chmod(self.root / "munge", 0o700)
