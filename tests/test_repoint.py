@@ -14,7 +14,7 @@ import torch
 
 from kernels.common.repoint import Repointer, place_outputs, prepared_launches
 from kernels.hopper.emulate import emulate
-from kernels.hopper.launch import HopperLaunch, decode_kv_starts, shape_unsupported
+from kernels.hopper.launch import HopperLaunch, LayoutUnsupported, decode_kv_starts
 from kernels.hopper.plan import MODE_POD, MODE_PREFILL, HopperConfig
 from kernels.hopper.plan import make_plan as hopper_plan
 from kernels.pod.launch import MODE_DECODE as TRITON_DECODE, MODE_POD as TRITON_POD, MODE_PREFILL as TRITON_PREFILL
@@ -109,7 +109,6 @@ def test_fused_hopper_kernel_reads_each_requests_pages_wherever_they_lie():
     q = queries(3)
     scattered = view(0, k, v, q)
     plan = hopper_plan(scattered.spec, 8, MODE_POD, HopperConfig())
-    assert shape_unsupported(scattered, plan) is None
     assert decode_kv_starts(scattered).tolist() == [p[0] * BS for p in DECODE_PAGES]
     launch = HopperLaunch(scattered, plan)
     assert launch.meta["KV_STARTS"] and same_view(launch.kwargs["kd_desc"].base, k[0].reshape(-1, 128))
@@ -121,7 +120,8 @@ def test_fused_hopper_kernel_reads_each_requests_pages_wherever_they_lie():
     dense = view(0, k, v, q, decode_pages=[[b * 3 + i for i in range(3)] for b in range(3)])
     assert decode_kv_starts(dense) is None and "KV_STARTS" not in HopperLaunch(dense, plan).meta
     torn = view(0, k, v, q, decode_pages=[[10, 12, 11], [20, 21, 22], [30, 31, 32]])
-    assert "not contiguous" in shape_unsupported(torn, plan)
+    with pytest.raises(LayoutUnsupported, match="not contiguous"):
+        HopperLaunch(torn, plan)
 
 
 def test_triton_launches_repointed_and_writing_into_one_buffer():

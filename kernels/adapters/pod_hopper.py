@@ -59,7 +59,7 @@ def prepare_hopper(batch, mode: str = MODE_PREFILL, config: HopperConfig | None 
     """(the launch of the Hopper kernel's ``mode`` variant for ``batch``, its plan dict), or
     (None, why not, naming ``what``) when it cannot run here or on this batch (no sm_90 GPU, no
     Gluon, tiles that do not fit this head dim, a layout it does not take)."""
-    from kernels.hopper.launch import HopperLaunch, num_sms, shape_unsupported, unavailable_reason
+    from kernels.hopper.launch import HopperLaunch, LayoutUnsupported, num_sms, unavailable_reason
     what = what or f"the Hopper {mode} kernel"
     why = unavailable_reason(batch.device, what)
     if why:
@@ -68,10 +68,10 @@ def prepare_hopper(batch, mode: str = MODE_PREFILL, config: HopperConfig | None 
         plan = make_plan(batch.spec, num_sms(batch.device), mode_for(batch.spec, mode), config or HopperConfig())
     except ValueError as e:   # tiles that do not fit this head dim / shared memory
         return None, f"{what}: {e}"
-    why = shape_unsupported(batch, plan)
-    if why:
-        return None, f"{what}: {why}"
-    return HopperLaunch(batch, plan), plan.as_dict()
+    try:
+        return HopperLaunch(batch, plan), plan.as_dict()
+    except LayoutUnsupported as e:
+        return None, f"{what}: {e}"
 
 
 @register

@@ -18,6 +18,7 @@ import re
 import sys
 
 from kernels.common.aot import cubin_resources
+from kernels.workload import BatchSpec, HybridBatch, ModelShape
 
 PTX_PATTERNS = {
     "wgmma": r"wgmma\.mma_async",
@@ -39,10 +40,6 @@ def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: i
                     options: dict | None = None) -> dict:
     """Compile one variant (``options``: HopperConfig fields) for a small odd-shaped CPU batch;
     returns counts and resources."""
-    import torch  # noqa: F401
-
-    from kernels.workload import BatchSpec, HybridBatch, ModelShape
-
     from .launch import HopperLaunch, aot_compile
     from .plan import HopperConfig, make_plan
 
@@ -53,7 +50,7 @@ def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: i
     reversed_requests = options.pop("kv_starts", False)
     batch = HybridBatch.allocate(spec, device="cpu")
     if reversed_requests:
-        batch = _RequestsReversed(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)})
+        batch = RequestsReversed(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)})
     plan = make_plan(spec, 132, mode, HopperConfig(**options))
     launch = HopperLaunch(batch, plan)
     if reversed_requests and not launch.meta.get("KV_STARTS"):
@@ -78,20 +75,12 @@ def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: i
     return rep
 
 
-def _requests_reversed_class():
-    from kernels.workload import HybridBatch
+class RequestsReversed(HybridBatch):
+    """The harness's batch with its decode requests' pages in reverse request order (each
+    request's still contiguous), as a serving pool may lay them out."""
 
-    class RequestsReversed(HybridBatch):
-        """The harness's batch with its decode requests' pages in reverse request order."""
-
-        def decode_block_table(self):
-            return super().decode_block_table().flip(0)
-
-    return RequestsReversed
-
-
-def _RequestsReversed(**fields):
-    return _requests_reversed_class()(**fields)
+    def decode_block_table(self):
+        return super().decode_block_table().flip(0)
 
 
 def _option(flag: str):

@@ -61,31 +61,35 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def shape_unsupported(batch: HybridBatch, plan: HopperPlan) -> str | None:
-    """Why the kernel cannot take this batch's layout (None if it can)."""
-    s = batch.spec
-    d = s.model.head_dim
+class LayoutUnsupported(ValueError):
+    """The kernel cannot take this batch's head dim, dtype or decode page layout."""
+
+
+def _part_unsupported(batch: HybridBatch) -> str | None:
+    d = batch.spec.model.head_dim
     if d not in (64, 128, 256):
         return f"head_dim {d} not supported"
     if batch.q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {batch.q.dtype} not supported (fp16/bf16 only: wgmma operands)"
-    if plan.tiles.has_decode and s.has_decode:
-        bt = batch.decode_block_table().long()
-        if not torch.equal(bt, bt[:, :1] + torch.arange(bt.shape[1], device=bt.device)[None, :]):
-            return "decode pages are not contiguous per request (TMA reads each request's keys as one run of rows)"
     return None
 
 
 def decode_kv_starts(batch: HybridBatch) -> torch.Tensor | None:
     """Each decode request's first K/V row in the pool (int32), or None where request b starts at
-    row b * capacity (the dense view). Assumes ``shape_unsupported`` found each request's pages
-    contiguous."""
+    row b * capacity (the dense view). Raises LayoutUnsupported where a request's pages are not
+    contiguous (TMA reads each request's keys as one run of rows). One host sync: a serving engine
+    prepares a launch on every hybrid iteration."""
     s = batch.spec
-    bt = batch.decode_block_table()
-    first = bt[:, 0].long()
-    if torch.equal(first, torch.arange(s.decode_batch, device=bt.device) * batch.decode_pages_per_req):
-        return None
-    return (first * s.page_size).int()
+    bt = batch.decode_block_table().long()
+    first = bt[:, 0]
+    steps = torch.arange(bt.shape[1], device=bt.device)
+    contiguous = (bt == first[:, None] + steps[None, :]).all()
+    dense = (first == torch.arange(s.decode_batch, device=bt.device) * batch.decode_pages_per_req).all()
+    contiguous, dense = torch.stack([contiguous, dense]).tolist()
+    if not contiguous:
+        raise LayoutUnsupported("decode pages are not contiguous per request "
+                                "(TMA reads each request's keys as one run of rows)")
+    return None if dense else (first * s.page_size).int()
 
 
 def _gl_dtype(dt: torch.dtype):
@@ -121,7 +125,8 @@ _NO_DECODE = dict(B=0, n_hblocks=0, n_splits_d=1, n_d_items=0, cap=0)
 class HopperLaunch(MergedLaunch):
     """Everything allocated up front; ``__call__`` launches the persistent kernel, then the merge of
     split partials when there are splits, and returns the outputs. ``kwargs`` are the kernel's
-    runtime arguments by name, ``meta`` its compile-time ones."""
+    runtime arguments by name, ``meta`` its compile-time ones. Raises LayoutUnsupported for a
+    batch the kernel cannot read."""
 
     def __init__(self, batch: HybridBatch, plan: HopperPlan, trace: bool = False):
         from .kernel import pod_hopper_kernel
@@ -130,13 +135,14 @@ class HopperLaunch(MergedLaunch):
         spec, dev = batch.spec, batch.device
         m = spec.model
         d, H, Hkv = m.head_dim, m.q_heads, m.kv_heads
-        why = shape_unsupported(batch, plan)
+        why = _part_unsupported(batch)
         if why:
-            raise ValueError(why)
+            raise LayoutUnsupported(why)
         self.plan = plan
         t = plan.tiles
         self.do_p = t.has_prefill and spec.has_prefill
         self.do_d = t.has_decode and spec.has_decode
+        self.kv_starts = decode_kv_starts(batch) if self.do_d else None
         dt = batch.q.dtype
         dummy_f = torch.empty(1, device=dev, dtype=torch.float32)
         dummy_i = torch.zeros(1, device=dev, dtype=torch.int32)
@@ -161,7 +167,6 @@ class HopperLaunch(MergedLaunch):
         else:
             kw.update(_NO_PREFILL, qp_desc=_desc(dummy_x, WG_ROWS, d), kp_desc=_desc(dummy_x, t.block_n, d),
                       vp_desc=_desc(dummy_x, t.block_n, d), op_ptr=dummy_x, pop_ptr=dummy_f, plsep_ptr=dummy_f)
-        self.kv_starts = decode_kv_starts(batch) if self.do_d else None
         if self.do_d:
             qd = batch.q_d.reshape(spec.decode_batch * H, d)
             if self.kv_starts is None:
@@ -206,6 +211,6 @@ def aot_compile(launch: HopperLaunch, arch: int = 90):
     return compile_gluon(launch._kernel, {**launch.kwargs, **launch.meta}, arch)
 
 
-__all__ = ["HopperLaunch", "aot_compile", "unavailable_reason", "num_sms", "shape_unsupported", "kernel_meta",
+__all__ = ["HopperLaunch", "aot_compile", "unavailable_reason", "num_sms", "LayoutUnsupported", "kernel_meta",
            "decode_kv_starts",
            "MODE_PREFILL", "MODE_DECODE", "MODE_POD"]
