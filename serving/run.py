@@ -1,6 +1,6 @@
 """The one command of the end-to-end experiments:
 
-    python -m serving.run CONFIG.yaml [CONFIG.yaml ...] --out DIR [--smoke] [--stage gpu|cpu|all]
+    python -m serving.run CONFIG.yaml [CONFIG.yaml ...] --out DIR [--smoke] [--stage build|gpu|cpu|all]
                           [--time-budget SECONDS] [--only ID_SUBSTRING]
 
 A config (experiments/serving/<target>.yaml) lists ``runs``; each has a ``kind``:
@@ -8,6 +8,7 @@ A config (experiments/serving/<target>.yaml) lists ``runs``; each has a ``kind``
                            window     steady-state window of an offline run (fast-forwarded schedule)
                            online     a whole online run (arrivals over time)
                            breakdown  iteration time split into attention parts (figure 4)
+                           profile    iterations built over a grid of batch shapes (calibration)
   CPU stage (no GPU):      calibrate  latency models fitted to GPU iterations (-> calibration.json)
                            simulate   the discrete-event simulator driven by a calibration
                            validate   replay and calibrated-model checks against online GPU runs
@@ -20,7 +21,8 @@ deep-merges the config's ``smoke:`` section over it (tiny model, CPU).
 
 Outputs under DIR/<config name>/: runs/<id>/{iterations.csv.gz, requests.csv, summary.csv,
 done.json} (a run with done.json is skipped: rerunning the command resumes), calibration.json,
-validation.csv, and summary.csv (all runs' summaries, rebuilt at the end of every invocation).
+calibration_fit.csv, validation.csv, steadiness.csv, and summary.csv (all runs' summaries, rebuilt
+at the end of every invocation).
 Every row carries the provenance columns of experiments/provenance.py.
 """
 from __future__ import annotations
@@ -719,7 +721,7 @@ def _flag(v) -> bool:
 
 
 def run_calibrate(run, target_dir: Path, target_root: Path):
-    """Fit one latency model per (model, backend) to the measured, non-warm-up iterations of the
+    """Fit one latency model per (model, backend, tp, decode graphs) to the measured, non-warm-up iterations of the
     ``sources`` configs' GPU runs (``kinds``: windows and profiles by default, so online runs stay
     out of the fit and can validate it). Writes <target>/calibration.json."""
     from .simulator import LatencyModel, min_fit_rows, save_models

@@ -5,7 +5,7 @@ Latency sources:
   * ``ReplayLatency``: the durations an engine run recorded, iteration by iteration (it checks
     that the simulated batch is the one the engine ran); the simulator must then reproduce that
     run's metrics exactly.
-  * ``LatencyModel``: a linear model of iteration time fitted per (model, backend) to iterations
+  * ``LatencyModel``: a linear model of iteration time fitted per (model, backend, tp, decode graphs) to iterations
     measured on the GPU:
         t = c0 + c_tok * max(tokens, knee) + c_seq * sequences + c_pp * prefill (query, key) pairs
             + c_pk * prefill keys + c_dk * decode keys + c_pre * [a prefill runs]

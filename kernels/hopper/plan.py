@@ -12,8 +12,8 @@ Work items (both decoded the same way here and in the kernel):
     of one request over one KV split: ``split = i % S; hb = (i // S) % n_hblocks;
     kvh = (i // (S * n_hblocks)) % Hkv; b = i // (S * n_hblocks * Hkv)``.
 
-Scheduling: one persistent CTA per SM (``grid = min(SMs, items)``; the CTA's shared memory,
-> 114 KB, keeps a second one off the SM). Every CTA holds the prefill pipeline (producer warp + 2
+Scheduling: ``grid = min(SMs * ctas_per_sm, items)`` persistent CTAs: one per SM for prefill and
+POD (the CTA's shared memory, > 114 KB, keeps a second one off the SM), two for decode alone. Every CTA holds the prefill pipeline (producer warp + 2
 consumer warpgroups) *and* the decode pipeline (producer warp + 1 consumer warpgroup), so the
 co-location the paper's per-SM tickets arrange for separate CTAs is structural here. A CTA's
 *rank* comes from the launch order (``atomic_add`` on a counter: the first CTA to start gets
