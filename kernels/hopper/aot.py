@@ -47,18 +47,16 @@ def compile_variant(mode: str, head_dim: int, dtype: str = "float16", q_heads: i
                      prefill_len=0 if mode == "decode" else 300, prefill_kv_len=0 if mode == "decode" else 700,
                      decode_batch=0 if mode == "prefill" else 5, decode_ctx=333)
     options = dict(options or {})
-    reversed_requests = options.pop("kv_starts", False)
+    reversed_requests = bool(options.get("kv_starts"))
     batch = HybridBatch.allocate(spec, device="cpu")
     if reversed_requests:
         batch = RequestsReversed(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)})
-    plan = make_plan(spec, 132, mode, HopperConfig(**options))
+    plan = make_plan(spec, 132, mode, HopperConfig(**{k: v for k, v in options.items() if k != "kv_starts"}))
     launch = HopperLaunch(batch, plan)
     if reversed_requests and not launch.meta.get("KV_STARTS"):
         raise AssertionError("the reversed decode pages did not select the KV_STARTS variant")
     ck = aot_compile(launch)
     ptx = ck.asm["ptx"]
-    if reversed_requests:
-        options["kv_starts"] = True
     rep = {"mode": mode, "head_dim": head_dim, "dtype": dtype, "options": options, "shared": ck.metadata.shared,
            "num_warps": ck.metadata.num_warps, "smem_operands": plan.tiles.smem_bytes(head_dim),
            "launch_regs": plan.tiles.launch_regs(), "ctas_per_sm": plan.tiles.ctas_per_sm,

@@ -65,7 +65,8 @@ class LayoutUnsupported(ValueError):
     """The kernel cannot take this batch's head dim, dtype or decode page layout."""
 
 
-def _part_unsupported(batch: HybridBatch) -> str | None:
+def _operands_unsupported(batch: HybridBatch) -> str | None:
+    """Why wgmma cannot take this batch's head dim or dtype (None if it can)."""
     d = batch.spec.model.head_dim
     if d not in (64, 128, 256):
         return f"head_dim {d} not supported"
@@ -135,7 +136,7 @@ class HopperLaunch(MergedLaunch):
         spec, dev = batch.spec, batch.device
         m = spec.model
         d, H, Hkv = m.head_dim, m.q_heads, m.kv_heads
-        why = _part_unsupported(batch)
+        why = _operands_unsupported(batch)
         if why:
             raise LayoutUnsupported(why)
         self.plan = plan

@@ -88,13 +88,13 @@ def private_cluster_owner(conf: Path) -> tuple[Path, int | None] | None:
     except OSError:
         return None
     root = target.parent
-    owner = _pid(root / OWNER_PIDFILE)
-    try:
-        recorded = (root / OWNER_PIDFILE).read_text().split()[1:2]
-    except OSError:
-        recorded = []
+    try:    # "pid start-time"
+        fields = (root / OWNER_PIDFILE).read_text().split()
+        owner, recorded = int(fields[0]), fields[1:2]
+    except (OSError, ValueError, IndexError):
+        return root, None
     # the pid of another process (reused after the owner died) is not the owner: its start time differs
-    if owner is not None and _alive(owner) and (not recorded or recorded[0] == _start_time(owner)):
+    if _alive(owner) and (not recorded or recorded[0] == _start_time(owner)):
         return root, owner
     return root, None
 
