@@ -268,7 +268,7 @@ def figure7_section(tables: Path) -> list[str]:
 
 
 def serving_section(root: Path) -> list[str]:
-    """The end-to-end half from the serving tables under ``root`` (results/serving/tables/): figure 12's
+    """The end-to-end half from the serving tables under ``root`` (<tree>/serving/tables/): figure 12's
     throughput per system, figure 15's gains, figure 4's attention shares and table 5 as rendered."""
     t = root / "tables"
     out = ["## Serving (end-to-end)", "",

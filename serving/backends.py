@@ -535,10 +535,18 @@ class POD(AttentionBackend):
         """Start the run's counters (the engine calls it after its warm-up)."""
         self.plan_measurements, self.plan_measure_s = 0, 0.0
         self.choices: dict = {}
+        self.candidates: dict = {}
+        self.rejected: dict = {}
+        self._buckets: set = set()
 
     def counters(self) -> dict:
-        """What POD ran on the hybrid iterations since the warm-up, and the plan's timing work."""
-        return {"pod_choices": " ".join(f"{k}:{v}" for k, v in sorted(self.choices.items())),
+        """What POD ran on the hybrid iterations since the warm-up, which candidates the plans of
+        their buckets timed and which of those were dropped for disagreeing outputs (counted once
+        per bucket), and the plan's timing work."""
+        def text(counts):
+            return " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
+        return {"pod_choices": text(self.choices), "pod_candidates": text(self.candidates),
+                "pod_rejected": text(self.rejected),
                 "plan_measurements": self.plan_measurements, "plan_measure_s": self.plan_measure_s}
 
     def _untimed(self, measure):
@@ -614,6 +622,15 @@ class POD(AttentionBackend):
             kind = choice.get("kind", "fused")
             name = f"fused{choice.get('ctas_per_sm')}" if kind == "fused" else kind
             self.choices[name] = self.choices.get(name, 0) + 1
+            bucket = choice.get("calibration")
+            if choice.get("rule") == "measured" and bucket not in self._buckets:
+                # a candidate absent here was never timed (e.g. the Hopper kernel refusing the layout)
+                self._buckets.add(bucket)
+                rejected = choice.get("rejected") or {}
+                for cand in set(choice.get("predicted_ms") or {}) | set(rejected):
+                    self.candidates[cand] = self.candidates.get(cand, 0) + 1
+                for cand in rejected:
+                    self.rejected[cand] = self.rejected.get(cand, 0) + 1
 
     def forward(self, li, q, meta, timer=None):
         k, v = self.cache.layer(li)

@@ -52,6 +52,10 @@ def test_static_decode_path_equals_eager(backend, options):
         ran = dict(c.split(":") for c in counters["pod_choices"].split())
         assert hybrid and sum(map(int, ran.values())) == len(hybrid)
         assert counters["plan_measurements"] >= 1 and counters["plan_measure_s"] > 0
+        # every bucket's plan timed serial and both fused tilings (no Hopper kernel off a GPU)
+        timed = dict(c.split(":") for c in counters["pod_candidates"].split())
+        assert set(timed) == {"serial", "fused2", "fused4"} and len(set(timed.values())) == 1, timed
+        assert counters["pod_rejected"] == ""
 
 
 def test_check_backends_reports_graphed_rows():
