@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -534,9 +535,9 @@ class POD(AttentionBackend):
     def reset_counters(self) -> None:
         """Start the run's counters (the engine calls it after its warm-up)."""
         self.plan_measurements, self.plan_measure_s = 0, 0.0
-        self.choices: dict = {}
-        self.candidates: dict = {}
-        self.rejected: dict = {}
+        self.choices: Counter = Counter()
+        self.candidates: Counter = Counter()
+        self.rejected: Counter = Counter()
         self._buckets: set = set()
 
     def counters(self) -> dict:
@@ -621,16 +622,14 @@ class POD(AttentionBackend):
             choice = (self.last_plan or {}).get("choice") or {}
             kind = choice.get("kind", "fused")
             name = f"fused{choice.get('ctas_per_sm')}" if kind == "fused" else kind
-            self.choices[name] = self.choices.get(name, 0) + 1
+            self.choices[name] += 1
             bucket = choice.get("calibration")
             if choice.get("rule") == "measured" and bucket not in self._buckets:
                 # a candidate absent here was never timed (e.g. the Hopper kernel refusing the layout)
                 self._buckets.add(bucket)
                 rejected = choice.get("rejected") or {}
-                for cand in set(choice.get("predicted_ms") or {}) | set(rejected):
-                    self.candidates[cand] = self.candidates.get(cand, 0) + 1
-                for cand in rejected:
-                    self.rejected[cand] = self.rejected.get(cand, 0) + 1
+                self.candidates.update(set(choice.get("predicted_ms") or {}) | set(rejected))
+                self.rejected.update(rejected.keys())
 
     def forward(self, li, q, meta, timer=None):
         k, v = self.cache.layer(li)

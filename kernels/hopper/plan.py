@@ -13,9 +13,10 @@ Work items (both decoded the same way here and in the kernel):
     kvh = (i // (S * n_hblocks)) % Hkv; b = i // (S * n_hblocks * Hkv)``.
 
 Scheduling: ``grid = min(SMs * ctas_per_sm, items)`` persistent CTAs: one per SM for prefill and
-POD (the CTA's shared memory, > 114 KB, keeps a second one off the SM), two for decode alone. Every CTA holds the prefill pipeline (producer warp + 2
-consumer warpgroups) *and* the decode pipeline (producer warp + 1 consumer warpgroup), so the
-co-location the paper's per-SM tickets arrange for separate CTAs is structural here. A CTA's
+POD (the CTA's shared memory, > 114 KB, keeps a second one off the SM), two for decode alone.
+Every CTA holds the prefill pipeline (producer warp + 2 consumer warpgroups) *and* the decode
+pipeline (producer warp + 1 consumer warpgroup), so the co-location the paper's per-SM tickets
+arrange for separate CTAs is structural here. A CTA's
 *rank* comes from the launch order (``atomic_add`` on a counter: the first CTA to start gets
 rank 0 and with it the longest prefill tiles; %smid is recorded per rank for the timeline); each
 pipeline then walks the items ``rank, rank + grid, rank + 2 grid, ...`` of its queue. The last
